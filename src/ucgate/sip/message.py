@@ -1,0 +1,252 @@
+"""SIP message model (RFC 3261 §7): requests, responses and their header fields.
+
+Only the model and serialisation live here; :mod:`ucgate.sip.parser` turns bytes into
+these objects. Header names are stored in their canonical long form (compact forms
+expanded, RFC 3261 §7.3.3) so lookups never depend on how a peer spelled a name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from ucgate.sip.errors import LocalProtocolError
+
+# RFC 3261 §7.3.3 and later registrations (RFC 3515 r, RFC 3891 none, RFC 4028 x, RFC 3265 o/u,
+# RFC 3841 j/d, RFC 3892 b, RFC 4474 y/n).
+COMPACT_FORMS: dict[str, str] = {
+    "i": "Call-ID",
+    "m": "Contact",
+    "e": "Content-Encoding",
+    "l": "Content-Length",
+    "c": "Content-Type",
+    "f": "From",
+    "s": "Subject",
+    "k": "Supported",
+    "t": "To",
+    "v": "Via",
+    "r": "Refer-To",
+    "b": "Referred-By",
+    "o": "Event",
+    "u": "Allow-Events",
+    "x": "Session-Expires",
+    "a": "Accept-Contact",
+    "j": "Reject-Contact",
+    "d": "Request-Disposition",
+    "y": "Identity",
+    "n": "Identity-Info",
+}
+
+# Canonical spelling for well-known headers, keyed by lower-case name; other names keep
+# the spelling of their first appearance.
+_CANONICAL: dict[str, str] = {
+    name.lower(): name
+    for name in (
+        "Accept", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow", "Allow-Events",
+        "Authentication-Info", "Authorization", "Call-ID", "Call-Info", "Contact",
+        "Content-Disposition", "Content-Encoding", "Content-Language", "Content-Length",
+        "Content-Type", "CSeq", "Date", "Error-Info", "Event", "Expires", "From", "In-Reply-To",
+        "Max-Forwards", "Min-Expires", "MIME-Version", "Organization", "Path", "Priority",
+        "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require", "Record-Route", "Refer-To",
+        "Referred-By", "Reply-To", "Require", "Retry-After", "Route", "RSeq", "RAck", "Server",
+        "Session-Expires", "SIP-ETag", "SIP-If-Match", "Subject", "Subscription-State",
+        "Supported", "Timestamp", "To", "Unsupported", "User-Agent", "Via", "Warning",
+        "WWW-Authenticate", "Min-SE", "Replaces", "Identity", "Identity-Info", "Accept-Contact",
+        "Reject-Contact", "Request-Disposition",
+    )
+}
+
+
+def canonical_name(name: str) -> str:
+    """Return the canonical long form of a header name (compact forms expanded)."""
+    low = name.strip().lower()
+    if len(low) == 1 and low in COMPACT_FORMS:
+        return COMPACT_FORMS[low]
+    return _CANONICAL.get(low, name.strip())
+
+
+class Headers:
+    """Ordered multi-map of header fields, case-insensitive by name.
+
+    Each entry is one header *field line* as received (or added). ``values()`` splits
+    comma-separated list headers (Via, Contact, Route…, RFC 3261 §7.3.1) into elements.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in items]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        key = canonical_name(name).lower()
+        return any(n.lower() == key for n, _ in self._items)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Headers) and self._items == other._items
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+    def copy(self) -> Headers:
+        new = Headers()
+        new._items = list(self._items)
+        return new
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """First field value of ``name``, or ``default``."""
+        key = canonical_name(name).lower()
+        for n, v in self._items:
+            if n.lower() == key:
+                return v
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every field line of ``name`` in order, not comma-split."""
+        key = canonical_name(name).lower()
+        return [v for n, v in self._items if n.lower() == key]
+
+    def values(self, name: str) -> list[str]:
+        """Every list element of ``name``: field lines split on top-level commas."""
+        out: list[str] = []
+        for line in self.get_all(name):
+            out.extend(split_list(line))
+        return out
+
+    def add(self, name: str, value: str) -> None:
+        self._items.append((canonical_name(name), value))
+
+    def prepend(self, name: str, value: str) -> None:
+        """Insert before every other field (a proxy's own Via goes on top, §16.6)."""
+        self._items.insert(0, (canonical_name(name), value))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every field of ``name`` with one, keeping the first one's position."""
+        cname = canonical_name(name)
+        key = cname.lower()
+        out: list[tuple[str, str]] = []
+        placed = False
+        for n, v in self._items:
+            if n.lower() == key:
+                if not placed:
+                    out.append((cname, value))
+                    placed = True
+            else:
+                out.append((n, v))
+        if not placed:
+            out.append((cname, value))
+        self._items = out
+
+    def remove(self, name: str) -> None:
+        key = canonical_name(name).lower()
+        self._items = [(n, v) for n, v in self._items if n.lower() != key]
+
+    def remove_first_value(self, name: str) -> str | None:
+        """Pop the topmost list element of ``name`` (the top Via, §18.1.2)."""
+        key = canonical_name(name).lower()
+        for i, (n, v) in enumerate(self._items):
+            if n.lower() == key:
+                parts = split_list(v)
+                if len(parts) <= 1:
+                    del self._items[i]
+                else:
+                    self._items[i] = (n, ", ".join(parts[1:]))
+                return parts[0] if parts else None
+        return None
+
+
+def split_list(value: str) -> list[str]:
+    """Split a header value on commas that are not inside quotes or <...> (RFC 3261 §7.3.1)."""
+    parts: list[str] = []
+    buf: list[str] = []
+    in_quotes = False
+    in_angle = False
+    escaped = False
+    for ch in value:
+        if escaped:
+            buf.append(ch)
+            escaped = False
+            continue
+        if in_quotes:
+            if ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_quotes = False
+            buf.append(ch)
+            continue
+        if ch == '"':
+            in_quotes = True
+        elif ch == "<":
+            in_angle = True
+        elif ch == ">":
+            in_angle = False
+        elif ch == "," and not in_angle:
+            part = "".join(buf).strip()
+            if part:
+                parts.append(part)
+            buf = []
+            continue
+        buf.append(ch)
+    part = "".join(buf).strip()
+    if part:
+        parts.append(part)
+    return parts
+
+
+def _serialize_headers(headers: Headers, body: bytes) -> list[str]:
+    lines = [f"{n}: {v}" for n, v in headers if n.lower() != "content-length"]
+    # Content-Length is always written from the body we actually send (§18.3 requires it
+    # on stream transports; writing it everywhere is harmless and avoids framing bugs).
+    lines.append(f"Content-Length: {len(body)}")
+    return lines
+
+
+@dataclass(slots=True)
+class Request:
+    """A SIP request. ``uri`` is kept as text; :mod:`ucgate.sip.uri` parses it on demand."""
+
+    method: str
+    uri: str
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+    version: str = "SIP/2.0"
+
+    def __post_init__(self) -> None:
+        if not self.method or any(c.isspace() for c in self.method):
+            raise LocalProtocolError(f"bad method {self.method!r}")
+
+    def to_bytes(self) -> bytes:
+        head = [f"{self.method} {self.uri} {self.version}", *_serialize_headers(self.headers, self.body)]
+        return ("\r\n".join(head) + "\r\n\r\n").encode("utf-8") + self.body
+
+
+@dataclass(slots=True)
+class Response:
+    """A SIP response."""
+
+    status: int
+    reason: str
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+    version: str = "SIP/2.0"
+
+    def __post_init__(self) -> None:
+        if not 100 <= self.status <= 699:
+            raise LocalProtocolError(f"bad status {self.status}")
+
+    def to_bytes(self) -> bytes:
+        head = [f"{self.version} {self.status} {self.reason}", *_serialize_headers(self.headers, self.body)]
+        return ("\r\n".join(head) + "\r\n\r\n").encode("utf-8") + self.body
+
+
+Message = Request | Response
