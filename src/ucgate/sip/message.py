@@ -42,17 +42,68 @@ COMPACT_FORMS: dict[str, str] = {
 _CANONICAL: dict[str, str] = {
     name.lower(): name
     for name in (
-        "Accept", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow", "Allow-Events",
-        "Authentication-Info", "Authorization", "Call-ID", "Call-Info", "Contact",
-        "Content-Disposition", "Content-Encoding", "Content-Language", "Content-Length",
-        "Content-Type", "CSeq", "Date", "Error-Info", "Event", "Expires", "From", "In-Reply-To",
-        "Max-Forwards", "Min-Expires", "MIME-Version", "Organization", "Path", "Priority",
-        "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require", "Record-Route", "Refer-To",
-        "Referred-By", "Reply-To", "Require", "Retry-After", "Route", "RSeq", "RAck", "Server",
-        "Session-Expires", "SIP-ETag", "SIP-If-Match", "Subject", "Subscription-State",
-        "Supported", "Timestamp", "To", "Unsupported", "User-Agent", "Via", "Warning",
-        "WWW-Authenticate", "Min-SE", "Replaces", "Identity", "Identity-Info", "Accept-Contact",
-        "Reject-Contact", "Request-Disposition",
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Alert-Info",
+        "Allow",
+        "Allow-Events",
+        "Authentication-Info",
+        "Authorization",
+        "Call-ID",
+        "Call-Info",
+        "Contact",
+        "Content-Disposition",
+        "Content-Encoding",
+        "Content-Language",
+        "Content-Length",
+        "Content-Type",
+        "CSeq",
+        "Date",
+        "Error-Info",
+        "Event",
+        "Expires",
+        "From",
+        "In-Reply-To",
+        "Max-Forwards",
+        "Min-Expires",
+        "MIME-Version",
+        "Organization",
+        "Path",
+        "Priority",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Require",
+        "Record-Route",
+        "Refer-To",
+        "Referred-By",
+        "Reply-To",
+        "Require",
+        "Retry-After",
+        "Route",
+        "RSeq",
+        "RAck",
+        "Server",
+        "Session-Expires",
+        "SIP-ETag",
+        "SIP-If-Match",
+        "Subject",
+        "Subscription-State",
+        "Supported",
+        "Timestamp",
+        "To",
+        "Unsupported",
+        "User-Agent",
+        "Via",
+        "Warning",
+        "WWW-Authenticate",
+        "Min-SE",
+        "Replaces",
+        "Identity",
+        "Identity-Info",
+        "Accept-Contact",
+        "Reject-Contact",
+        "Request-Disposition",
     )
 }
 
@@ -226,7 +277,10 @@ class Request:
             raise LocalProtocolError(f"bad method {self.method!r}")
 
     def to_bytes(self) -> bytes:
-        head = [f"{self.method} {self.uri} {self.version}", *_serialize_headers(self.headers, self.body)]
+        head = [
+            f"{self.method} {self.uri} {self.version}",
+            *_serialize_headers(self.headers, self.body),
+        ]
         return ("\r\n".join(head) + "\r\n\r\n").encode("utf-8") + self.body
 
 
@@ -245,7 +299,10 @@ class Response:
             raise LocalProtocolError(f"bad status {self.status}")
 
     def to_bytes(self) -> bytes:
-        head = [f"{self.version} {self.status} {self.reason}", *_serialize_headers(self.headers, self.body)]
+        head = [
+            f"{self.version} {self.status} {self.reason}",
+            *_serialize_headers(self.headers, self.body),
+        ]
         return ("\r\n".join(head) + "\r\n\r\n").encode("utf-8") + self.body
 
 

@@ -1,0 +1,112 @@
+# ucgate developer entry points (GNU make). Works on a fresh Debian machine, as root or not.
+#
+#   make run            serve config/ucgate.toml on 127.0.0.1 (SIP 5060, HTTP 8080)
+#   make test           system packages, lint, type check, whole test suite (what CI runs)
+#   make test-unit      fast tests only          make test-interop   real peers only
+#   make lint | typecheck | bench-register | clean | distclean
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+# pjsua2-python publishes wheels for CPython <= 3.12 only, and ucgate needs 3.11+:
+# python3 when it is one of those, else python3.12 or python3.11 if installed.
+PYTHON_OK := import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))
+ifndef PYTHON
+PYTHON := $(or $(shell for p in python3 python3.12 python3.11; do             $$p -c '$(PYTHON_OK)' 2>/dev/null && { echo $$p; break; }; done),python3)
+endif
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp
+CONFIG ?= config/ucgate.toml
+
+# Debian package that provides each command the tests drive.
+SYSTEM_COMMANDS := redis-server:redis-server sipp:sip-tester
+
+.PHONY: help venv run deps-system test lint typecheck test-unit test-interop \
+        bench-register clean distclean
+
+help:
+	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
+
+# The venv is (re)installed only when pyproject.toml is newer than the stamp.
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if [ ! -x $(BIN)/python ]; then \
+	  if ! command -v $(PYTHON) >/dev/null; then \
+	    echo "error: $(PYTHON) not found; install Python 3.11 or 3.12 (Debian: apt-get install python3 python3-venv)" >&2; \
+	    exit 1; \
+	  fi; \
+	  if ! $(PYTHON) -c '$(PYTHON_OK)'; then \
+	    echo "error: $(PYTHON) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '(unusable)');" \
+	         "ucgate needs CPython 3.11 or 3.12 (pjsua2-python has no wheels for newer)." \
+	         "Run e.g. 'make PYTHON=python3.11 $(MAKECMDGOALS)'." >&2; \
+	    exit 1; \
+	  fi; \
+	  if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
+	    pkg="python3-venv"; \
+	    if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+	      DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$pkg; \
+	    else \
+	      echo "error: $(PYTHON) cannot create virtual environments; install $$pkg (apt-get install $$pkg)" >&2; \
+	      exit 1; \
+	    fi; \
+	  fi; \
+	  rm -rf $(VENV); \
+	  $(PYTHON) -m venv $(VENV); \
+	elif ! $(BIN)/python -c '$(PYTHON_OK)'; then \
+	  echo "error: $(VENV) uses an unsupported Python; remove it ('make distclean') and retry" >&2; \
+	  exit 1; \
+	fi
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+run: venv
+	exec $(BIN)/ucgate serve --config $(CONFIG)
+
+# Installs, as root, the Debian packages whose commands the interop tests drive.
+deps-system:
+	@missing=""; \
+	for pair in $(SYSTEM_COMMANDS); do \
+	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" -ne 0 ]; then \
+	  echo "error: missing Debian packages:$$missing" >&2; \
+	  echo "       install them with: sudo apt-get install -y --no-install-recommends$$missing" >&2; \
+	  exit 1; \
+	fi; \
+	echo "installing Debian packages:$$missing"; \
+	DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing
+
+lint: venv
+	$(BIN)/ruff check src tests sip_test_rig bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+# Steps run in order, so the cheap checks fail first.
+test: venv deps-system
+	$(BIN)/ruff check src tests sip_test_rig bench
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+test-unit: venv
+	$(BIN)/pytest -q tests/unit
+
+test-interop: venv deps-system
+	$(BIN)/pytest -q tests/interop
+
+bench-register: venv deps-system
+	bash bench/register/run.sh
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist test-artifacts
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Also drops the virtual environment and the local state of `make run`.
+distclean: clean
+	rm -rf $(VENV) var

@@ -1,0 +1,1 @@
+"""Application layer: composition of the node (SIP runtime, services, HTTP)."""

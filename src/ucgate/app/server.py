@@ -1,0 +1,216 @@
+"""Composition root: builds one ucgate node from its config and runs it until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import ssl
+import time
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from ucgate import __version__
+from ucgate.app.sip_app import SipApplication, new_tag
+from ucgate.app.sip_runtime import SipRuntime
+from ucgate.config import UcgateConfig
+from ucgate.http.api import build_app
+from ucgate.http.auth import ApiKeys
+from ucgate.registrar.accounts import Account, AccountDirectory, AccountKind
+from ucgate.registrar.rules import RegistrarPolicy
+from ucgate.registrar.service import RegistrarService
+from ucgate.sip.digest import DigestAlgorithm, DigestAuthenticator, UserSecret
+from ucgate.sip.endpoint import MessageDropped, SipEndpoint
+from ucgate.sip.peer import TransportKind
+from ucgate.sip.transaction.layer import TransactionLayer
+from ucgate.sip.transaction.timers import TimerConfig
+from ucgate.store import open_location_store
+from ucgate.store.location import LocationStore, StoreUnavailable
+from ucgate.transport.hub import BoundListener, ListenSpec, TransportHub
+
+log = structlog.get_logger(__name__)
+
+
+def _secret_for(
+    realm: str, user: str, password: str | None, md5: str | None, sha: str | None
+) -> UserSecret:
+    if password is not None:
+        return UserSecret.from_password(user, realm, password)
+    return UserSecret(ha1_md5=md5, ha1_sha256=sha)
+
+
+def build_accounts(config: UcgateConfig) -> AccountDirectory:
+    realm = config.sip.domain
+    accounts: list[Account] = []
+    for kind, entries in ((AccountKind.AGENT, config.agents), (AccountKind.TRUNK, config.trunks)):
+        for entry in entries:
+            secret = _secret_for(
+                realm,
+                entry.id,
+                entry.password.get_secret_value() if entry.password else None,
+                entry.ha1_md5.get_secret_value() if entry.ha1_md5 else None,
+                entry.ha1_sha256.get_secret_value() if entry.ha1_sha256 else None,
+            )
+            accounts.append(Account(entry.id, kind, secret, getattr(entry, "display_name", None)))
+    return AccountDirectory(accounts)
+
+
+def _nonce_key(config: UcgateConfig) -> bytes:
+    # Every node of a site shares auth.secret, so a nonce issued by one verifies at
+    # another (REGISTER retries may land on a different node behind a balancer). Without
+    # one in the config, the default is random per process.
+    return hashlib.sha256(config.auth.secret.get_secret_value().encode()).digest()
+
+
+@dataclass
+class Node:
+    config: UcgateConfig
+    store: LocationStore
+    hub: TransportHub
+    runtime: SipRuntime
+    app: SipApplication
+    registrar: RegistrarService
+    http_runner: web.AppRunner
+    sip_listeners: list[BoundListener]
+    http_port: int
+    tasks: list[asyncio.Task[None]]
+
+    async def close(self) -> None:
+        # Stop taking new work, finish what is in flight, then persist: a restart must find
+        # every binding we acknowledged.
+        await self.hub.close()
+        await self.app.drain()
+        self.runtime.close()
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.http_runner.cleanup()
+        await self.store.close()
+
+
+async def _sweep_expired(store: LocationStore, registrar: RegistrarService) -> None:
+    """Remove bindings exactly when they expire and announce them (no polling storm)."""
+    while True:
+        try:
+            nxt = await store.next_expiry()
+            now = time.time()
+            delay = 1.0 if nxt is None else min(max(nxt - now, 0.0), 1.0)
+            # Bounded wait: a binding added while we sleep can expire no sooner than
+            # min_expires from now, far beyond this 1 s cap.
+            await asyncio.sleep(delay)
+            removed = await store.expire(time.time())
+            if removed:
+                await registrar.on_expired(removed)
+        except StoreUnavailable:
+            # Redis is down: keep trying; the bindings are still there when it is back.
+            log.warning("registrar.sweep_store_unavailable")
+            await asyncio.sleep(1.0)
+
+
+def _server_ssl(config: UcgateConfig) -> ssl.SSLContext | None:
+    if config.sip.tls_cert is None or config.sip.tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(config.sip.tls_cert), str(config.sip.tls_key))
+    return ctx
+
+
+async def start_node(config: UcgateConfig) -> Node:
+    node_id = config.node_id or f"{os.uname().nodename}-{os.getpid()}"
+    data_dir = config.store.data_dir if config.store.backend == "memory" else None
+    store = await open_location_store(
+        config.store.backend,
+        redis_url=config.store.redis_url,
+        data_dir=data_dir,
+        node_id=node_id,
+    )
+    listen = [ListenSpec(a.kind, a.host, a.port) for a in config.sip.listen]
+    sip_listens = [
+        s for s in listen if s.kind in (TransportKind.UDP, TransportKind.TCP, TransportKind.TLS)
+    ]
+    first = sip_listens[0]
+    transactions = TransactionLayer(
+        timers=TimerConfig(t1=config.sip.t1, t2=config.sip.t2, t4=config.sip.t4),
+        via_host=config.sip.advertised_host or first.host,
+        via_port=first.port,
+    )
+
+    def on_drop(d: MessageDropped) -> None:
+        log.debug("sip.dropped", peer=str(d.peer), reason=d.reason)
+
+    endpoint = SipEndpoint(
+        transactions, max_message_size=config.sip.max_message_size, on_drop=on_drop
+    )
+    hub_ref: list[TransportHub] = []
+
+    def send(data: bytes, peer: object) -> None:
+        hub_ref[0].send(data, peer)  # type: ignore[arg-type]
+
+    runtime = SipRuntime(endpoint, send)
+    hub = TransportHub(runtime.on_data, runtime.on_send_failed, server_ssl=_server_ssl(config))
+    hub_ref.append(hub)
+
+    algorithms = tuple(DigestAlgorithm(a.value) for a in config.auth.algorithms)
+    authenticator = DigestAuthenticator(
+        config.sip.domain,
+        secret_key=_nonce_key(config),
+        nonce_ttl=float(config.auth.nonce_ttl),
+        algorithms=algorithms,
+    )
+    policy = RegistrarPolicy(
+        min_expires=config.registrar.min_expires,
+        max_expires=config.registrar.max_expires,
+        default_expires=config.registrar.default_expires,
+        max_contacts=config.registrar.max_contacts_per_aor,
+    )
+    registrar = RegistrarService(
+        domain=config.sip.domain,
+        accounts=build_accounts(config),
+        authenticator=authenticator,
+        store=store,
+        policy=policy,
+        node_id=node_id,
+        to_tag=new_tag,
+    )
+    app = SipApplication(runtime, registrar, user_agent=config.sip.user_agent)
+    runtime.set_handler(app.handle)
+    bound = await hub.start(sip_listens)
+
+    tasks = [asyncio.get_running_loop().create_task(_sweep_expired(store, registrar))]
+    flusher = getattr(store, "run_flusher", None)
+    if flusher is not None:
+        tasks.append(asyncio.get_running_loop().create_task(flusher()))
+
+    keys = ApiKeys((k.key.get_secret_value(), frozenset(k.scopes)) for k in config.api_keys)
+    http_runner = web.AppRunner(build_app(store, keys), access_log=None)
+    await http_runner.setup()
+    site = web.TCPSite(http_runner, config.http.listen.host, config.http.listen.port)
+    await site.start()
+    http_port = config.http.listen.port
+    log.info(
+        "ucgate.ready",
+        version=__version__,
+        node_id=node_id,
+        sip=[f"{b.kind.value}:{b.host}:{b.port}" for b in bound],
+        http=config.http.listen,
+        store=config.store.backend,
+    )
+    return Node(config, store, hub, runtime, app, registrar, http_runner, bound, http_port, tasks)
+
+
+async def run_server(config: UcgateConfig, *, stop: asyncio.Event | None = None) -> None:
+    node = await start_node(config)
+    try:
+        if stop is None:
+            stop = asyncio.Event()
+        await stop.wait()
+    finally:
+        log.info("ucgate.stopping")
+        await node.close()
+        log.info("ucgate.stopped")

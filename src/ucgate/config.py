@@ -1,0 +1,837 @@
+"""ucgate's configuration contract: one TOML file, overridden by ``UCGATE_*`` variables.
+
+Every setting that changes protocol behaviour lives here with its RFC reference, so
+interop quirks are named settings rather than constants buried in the core.
+``config/ucgate.example.toml`` documents each key; a test keeps the two in step.
+
+Errors are collected into one :class:`ConfigError` whose lines each start with the dotted
+path of the offending key (``sip.listen[1]: unknown transport 'sctp'``). Messages never
+echo a value, so a mistyped password cannot leak through an error report.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import secrets
+import socket
+import ssl
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from ucgate import __version__
+from ucgate.sip.peer import TransportKind
+
+__all__ = [
+    "ENV_PREFIX",
+    "Agent",
+    "ApiKey",
+    "AuthConfig",
+    "ConfigError",
+    "DigestAlgorithm",
+    "FieldError",
+    "HttpConfig",
+    "ListenAddress",
+    "LogConfig",
+    "LogFormat",
+    "LogLevel",
+    "RegistrarConfig",
+    "Scope",
+    "SipConfig",
+    "SocketAddress",
+    "StoreBackend",
+    "StoreConfig",
+    "Trunk",
+    "UcgateConfig",
+    "load_config",
+    "validate_config",
+]
+
+ENV_PREFIX = "UCGATE_"
+# `UCGATE_SIP__DOMAIN` -> ("sip", "domain"): the pydantic-settings convention, done by hand
+# because the source is an explicit mapping and errors must name the variable.
+_ENV_NESTING = "__"
+# "[::1]:8080" is an address, not a JSON list.
+_BRACKETED_IPV6 = re.compile(r"^\[[0-9A-Fa-f:.]+\](:\d+)?$")
+
+_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; each problem is one line naming its key."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class FieldError(ValueError):
+    """A validator's complaint about a key below the model that raised it.
+
+    Cross-field checks run at model level, where pydantic would blame the whole model;
+    carrying the relative path lets the message blame the key that must change.
+    """
+
+    def __init__(self, path: tuple[str | int, ...], why: str) -> None:
+        super().__init__(why)
+        self.path = path
+        self.why = why
+
+
+class DigestAlgorithm(enum.StrEnum):
+    """Digest algorithms a challenge may offer (RFC 7616 §3.2, RFC 8760 §2.2 for SIP).
+
+    The ``-sess`` variants start from the same H(username:realm:password) as their base
+    algorithm (RFC 7616 §3.4.2), so a stored HA1 serves both.
+    """
+
+    SHA_256 = "SHA-256"
+    MD5 = "MD5"
+    SHA_256_SESS = "SHA-256-sess"
+    MD5_SESS = "MD5-sess"
+
+    @property
+    def hash_name(self) -> str:
+        """The hashlib name of the underlying hash function."""
+        return "md5" if self in (DigestAlgorithm.MD5, DigestAlgorithm.MD5_SESS) else "sha256"
+
+
+class Scope(enum.StrEnum):
+    """What an HTTP API key may do."""
+
+    PRESENCE_READ = "presence:read"
+    PRESENCE_WRITE = "presence:write"
+    ADMIN = "admin"
+
+
+class StoreBackend(enum.StrEnum):
+    MEMORY = "memory"
+    REDIS = "redis"
+
+
+class LogFormat(enum.StrEnum):
+    CONSOLE = "console"
+    JSON = "json"
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+# RFC 1123 §2.1 host names; SIP hosts (RFC 3261 §25.1 `hostname`) are the same shape.
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+# RFC 3261 §25.1: user = 1*( unreserved / escaped / user-unreserved ).
+_SIP_USER = re.compile(r"^(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+$")
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+# Lower bounds against guessable keys: the nonce HMAC key and HTTP API keys.
+_MIN_SECRET_LENGTH = 16
+_MIN_API_KEY_LENGTH = 12
+
+
+def _check_host(host: str) -> str:
+    """Return ``host`` as an IP literal (IPv6 unbracketed) or a host name, or raise."""
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if ":" in host:
+        raise ValueError("is not a valid IPv6 address")
+    if not _HOSTNAME.match(host):
+        raise ValueError("is not a valid host name or IP address")
+    return host
+
+
+def _split_host_port(text: str) -> tuple[str, int]:
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError("unterminated '[' in IPv6 address")
+        host, rest = text[: end + 1], text[end + 1 :]
+        if not rest.startswith(":"):
+            raise ValueError("missing ':port' after the address")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError("missing ':port'")
+        if ":" in host:
+            raise ValueError("an IPv6 address must be in brackets, e.g. [::1]:5060")
+    if not port_text.isdigit():
+        raise ValueError("port must be a number")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return host, port
+
+
+def _format_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """Anchor a relative path at the config file's directory, not the process's cwd."""
+    value = value.expanduser()
+    base = info.context.get("base_dir") if isinstance(info.context, dict) else None
+    if isinstance(base, Path) and not value.is_absolute():
+        # normpath, not resolve(): "../var" reads better in logs, and symlinks stay.
+        return Path(os.path.normpath(base / value))
+    return value
+
+
+def _check_printable(value: str) -> str:
+    if _CONTROL.search(value):
+        # A CR/LF here would inject header lines into every message we build.
+        raise ValueError("must not contain control characters")
+    return value
+
+
+class SocketAddress(BaseModel):
+    """``host:port`` (IPv6 as ``[::1]:8080``)."""
+
+    model_config = _MODEL_CONFIG
+
+    host: str
+    port: int = Field(ge=0, le=65535)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: object) -> object:
+        if isinstance(value, str):
+            host, port = _split_host_port(value.strip())
+            return {"host": host, "port": port}
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return _check_host(value)
+
+    def __str__(self) -> str:
+        return _format_host_port(self.host, self.port)
+
+
+class ListenAddress(BaseModel):
+    """A SIP listener, written ``scheme:host:port`` (``udp:[::1]:5060``).
+
+    Port 0 asks the OS for a free port (handy in tests); the server must then advertise
+    the port it actually bound.
+    """
+
+    model_config = _MODEL_CONFIG
+
+    kind: TransportKind
+    host: str
+    port: int = Field(ge=0, le=65535)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        scheme, sep, rest = value.strip().partition(":")
+        if not sep:
+            raise ValueError("expected scheme:host:port, e.g. 'udp:127.0.0.1:5060'")
+        try:
+            kind = TransportKind(scheme.lower())
+        except ValueError:
+            known = ", ".join(k.value for k in TransportKind)
+            raise ValueError(f"unknown transport {scheme!r} (known: {known})") from None
+        host, port = _split_host_port(rest)
+        return {"kind": kind, "host": host, "port": port}
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return _check_host(value)
+
+    @property
+    def secure(self) -> bool:
+        """Whether this listener needs a certificate (RFC 3261 §26.2, RFC 7118 §5)."""
+        return self.kind in (TransportKind.TLS, TransportKind.WSS)
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}:{_format_host_port(self.host, self.port)}"
+
+
+def _default_listen() -> tuple[ListenAddress, ...]:
+    return (
+        ListenAddress(kind=TransportKind.UDP, host="127.0.0.1", port=5060),
+        ListenAddress(kind=TransportKind.TCP, host="127.0.0.1", port=5060),
+    )
+
+
+class SipConfig(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    # SIP domain of every AOR (sip:alice@<domain>) and the digest realm (RFC 3261 §22.1).
+    domain: str
+    listen: tuple[ListenAddress, ...] = Field(default_factory=_default_listen)
+    # Host written into Via sent-by, Record-Route and Contact when the listener's own
+    # address is a wildcard or sits behind NAT (RFC 3261 §18.2.1, §20.42).
+    advertised_host: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # RFC 3261 §17.1.1.1: T1 RTT estimate, T2 cap on non-INVITE retransmit interval,
+    # T4 how long the network may hold a message.
+    t1: float = Field(default=0.5, gt=0, le=60)
+    t2: float = Field(default=4.0, gt=0, le=600)
+    t4: float = Field(default=5.0, gt=0, le=600)
+    # Larger messages are refused with 513 (RFC 3261 §21.5.14); 65535 fits any UDP datagram.
+    max_message_size: int = Field(default=65535, ge=1300, le=16 * 1024 * 1024)
+    # Max-Forwards on requests we originate (RFC 3261 §8.1.1.6 recommends 70).
+    max_forwards: int = Field(default=70, ge=1, le=255)
+    # User-Agent / Server header value (RFC 3261 §20.41, §20.35).
+    user_agent: str = Field(default=f"ucgate/{__version__}", min_length=1, max_length=256)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        # The domain is the digest realm too, and realms are compared case-sensitively
+        # (RFC 7616 §3.4.2), so it is checked but never rewritten.
+        _check_host(value)
+        return value
+
+    @field_validator("advertised_host")
+    @classmethod
+    def _advertised_host(cls, value: str | None) -> str | None:
+        return None if value is None else _check_host(value)
+
+    @field_validator("listen")
+    @classmethod
+    def _unique_listeners(cls, value: tuple[ListenAddress, ...]) -> tuple[ListenAddress, ...]:
+        if not value:
+            raise ValueError("must list at least one listener")
+        seen: dict[tuple[TransportKind, str, int], int] = {}
+        for index, listener in enumerate(value):
+            key = (listener.kind, listener.host, listener.port)
+            if key in seen and listener.port != 0:
+                raise FieldError((index,), f"duplicates listen[{seen[key]}] ({listener})")
+            seen.setdefault(key, index)
+        return value
+
+    @field_validator("tls_cert", "tls_key")
+    @classmethod
+    def _anchor(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve_path(value, info)
+
+    @field_validator("t2")
+    @classmethod
+    def _t2_not_below_t1(cls, value: float, info: ValidationInfo) -> float:
+        t1 = info.data.get("t1")
+        if isinstance(t1, float) and value < t1:
+            # §17.1.2.2 doubles the interval from T1 up to T2; a cap below the start
+            # would make no sense.
+            raise ValueError(f"must be >= t1 ({t1})")
+        return value
+
+    @field_validator("user_agent")
+    @classmethod
+    def _user_agent(cls, value: str) -> str:
+        return _check_printable(value)
+
+    @model_validator(mode="after")
+    def _tls_material(self) -> SipConfig:
+        secure = [(i, str(lst)) for i, lst in enumerate(self.listen) if lst.secure]
+        if not secure:
+            return self
+        index, text = secure[0]
+        for name, path in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):
+            if path is None:
+                raise FieldError((name,), f"required because listen[{index}] is {text!r}")
+            try:
+                path.open("rb").close()
+            except OSError as exc:
+                raise FieldError((name,), f"cannot read {path} ({exc.strerror})") from None
+        assert self.tls_cert is not None and self.tls_key is not None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            # An encrypted key would make OpenSSL prompt on the terminal; the empty
+            # password callback turns that into an error instead.
+            context.load_cert_chain(self.tls_cert, self.tls_key, password=lambda: b"")
+        except ssl.SSLError as exc:
+            raise FieldError(
+                ("tls_key",),
+                f"tls_cert and tls_key are not a usable PEM certificate/key pair ({exc.reason})",
+            ) from None
+        return self
+
+
+class RegistrarConfig(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    # RFC 3261 §10.3 step 7: shorter requested expirations get 423 with Min-Expires.
+    min_expires: int = Field(default=60, ge=1, le=2**32 - 1)
+    # Longer requested expirations are shortened to this (§10.3 step 7).
+    max_expires: int = Field(default=3600, ge=1, le=2**32 - 1)
+    # Used when the REGISTER carries neither Expires nor an expires param (§10.2.1.1).
+    default_expires: int = Field(default=3600, ge=1, le=2**32 - 1)
+    max_contacts_per_aor: int = Field(default=10, ge=1, le=1000)
+
+    @field_validator("max_expires")
+    @classmethod
+    def _max_not_below_min(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("min_expires")
+        if isinstance(low, int) and value < low:
+            raise ValueError(f"must be >= min_expires ({low})")
+        return value
+
+    @field_validator("default_expires")
+    @classmethod
+    def _default_between(cls, value: int, info: ValidationInfo) -> int:
+        low, high = info.data.get("min_expires"), info.data.get("max_expires")
+        if isinstance(low, int) and isinstance(high, int) and not low <= value <= high:
+            raise ValueError(f"must lie between min_expires ({low}) and max_expires ({high})")
+        return value
+
+
+def _random_secret() -> SecretStr:
+    return SecretStr(secrets.token_urlsafe(32))
+
+
+class AuthConfig(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    # How long a nonce is accepted; after it the challenge says stale=true (RFC 7616 §3.3).
+    nonce_ttl: int = Field(default=300, ge=5, le=86400)
+    # HMAC key that signs nonces so any node of a site can verify them. Random per
+    # process by default, which only suits a single node.
+    secret: SecretStr = Field(default_factory=_random_secret)
+    # Offered in this order of preference, one challenge each (RFC 7616 §3.7, RFC 8760 §2.4).
+    # The -sess variants are accepted but phones rarely implement them.
+    # MD5 on top by default: sipp 3.6, JsSIP and SIP.js read only the topmost challenge and
+    # abort on anything but MD5, while RFC 8760 clients still get SHA-256 offered and
+    # sites whose phones all do SHA-256 put it first.
+    algorithms: tuple[DigestAlgorithm, ...] = (DigestAlgorithm.MD5, DigestAlgorithm.SHA_256)
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_length(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < _MIN_SECRET_LENGTH:
+            raise ValueError(f"must be at least {_MIN_SECRET_LENGTH} characters long")
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _unique_algorithms(cls, value: tuple[DigestAlgorithm, ...]) -> tuple[DigestAlgorithm, ...]:
+        if not value:
+            raise ValueError("must list at least one algorithm")
+        if len(set(value)) != len(value):
+            raise ValueError("lists an algorithm twice")
+        return value
+
+
+class HttpConfig(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    listen: SocketAddress = Field(
+        default_factory=lambda: SocketAddress(host="127.0.0.1", port=8080)
+    )
+
+
+class StoreConfig(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    backend: StoreBackend = StoreBackend.MEMORY
+    redis_url: str | None = None
+    data_dir: Path = Field(default=Path("var/ucgate"), validate_default=True)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # The URL may carry a password, so the message never repeats it.
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _anchor(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve_path(value, info)
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> StoreConfig:
+        if self.backend is StoreBackend.REDIS and self.redis_url is None:
+            raise FieldError(("redis_url",), "required when backend = 'redis'")
+        return self
+
+
+class LogConfig(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    format: LogFormat = LogFormat.CONSOLE
+    level: LogLevel = LogLevel.INFO
+
+    @field_validator("format", "level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+class _Credentials(BaseModel):
+    """A digest identity: the user ``id`` under the realm ``sip.domain``.
+
+    Exactly one of the clear password or a precomputed HA1 (RFC 7616 §3.4.2:
+    H(username:realm:password)) is given, so a site can avoid keeping clear passwords.
+    """
+
+    model_config = _MODEL_CONFIG
+
+    id: str = Field(min_length=1, max_length=128)
+    password: SecretStr | None = None
+    ha1_md5: SecretStr | None = None
+    ha1_sha256: SecretStr | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _user_part(cls, value: str) -> str:
+        if not _SIP_USER.match(value):
+            raise ValueError("must be a valid SIP user part (RFC 3261 §25.1 'user')")
+        return value
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("ha1_md5", "ha1_sha256")
+    @classmethod
+    def _ha1_hex(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is None:
+            return None
+        digits = 32 if info.field_name == "ha1_md5" else 64
+        text = value.get_secret_value()
+        if len(text) != digits or not _HEX.match(text):
+            raise ValueError(f"must be {digits} hexadecimal digits")
+        return SecretStr(text.lower())
+
+    @model_validator(mode="after")
+    def _exactly_one_credential(self) -> _Credentials:
+        given = [n for n in ("password", "ha1_md5", "ha1_sha256") if getattr(self, n) is not None]
+        if len(given) != 1:
+            found = ", ".join(given) if given else "none"
+            raise FieldError(
+                ("password",),
+                f"exactly one of password, ha1_md5, ha1_sha256 is required (found: {found})",
+            )
+        return self
+
+    def ha1(self, algorithm: DigestAlgorithm, realm: str) -> str | None:
+        """H(username:realm:password) as lowercase hex, or None if it cannot be known.
+
+        A stored HA1 answers only its own hash function; a clear password answers any
+        (RFC 7616 §3.4.2). For ``-sess`` algorithms this is the value before the
+        nonce/cnonce step.
+        """
+        stored = {"md5": self.ha1_md5, "sha256": self.ha1_sha256}[algorithm.hash_name]
+        if stored is not None:
+            return stored.get_secret_value()
+        if self.password is None:
+            return None
+        data = f"{self.id}:{realm}:{self.password.get_secret_value()}".encode()
+        return hashlib.new(algorithm.hash_name, data).hexdigest()
+
+    @property
+    def stored_hash(self) -> str | None:
+        """hashlib name of the function a stored HA1 was made with; None for a password."""
+        if self.ha1_md5 is not None:
+            return "md5"
+        if self.ha1_sha256 is not None:
+            return "sha256"
+        return None
+
+
+class Agent(_Credentials):
+    """A contact-center agent; registers as ``sip:<id>@<sip.domain>``."""
+
+    display_name: str | None = Field(default=None, max_length=128)
+
+    @field_validator("display_name")
+    @classmethod
+    def _display_name(cls, value: str | None) -> str | None:
+        return None if value is None else _check_printable(value)
+
+
+class Trunk(_Credentials):
+    """A PBX that registers as ``sip:<id>@<sip.domain>`` and exchanges calls with us."""
+
+
+class ApiKey(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    key: SecretStr
+    scopes: tuple[Scope, ...]
+    # Shown in logs instead of the key.
+    name: str | None = Field(default=None, max_length=64)
+
+    @field_validator("key")
+    @classmethod
+    def _key_length(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < _MIN_API_KEY_LENGTH:
+            raise ValueError(f"must be at least {_MIN_API_KEY_LENGTH} characters long")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _some_scope(cls, value: tuple[Scope, ...]) -> tuple[Scope, ...]:
+        # Min-length constraints would also fire when an item was invalid; this runs
+        # only on a list whose items all passed.
+        if not value:
+            raise ValueError("must list at least one scope")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return None if value is None else _check_printable(value)
+
+
+def _default_node_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0]) or "ucgate"
+    return f"{host[:50]}-{os.getpid()}"
+
+
+class UcgateConfig(BaseModel):
+    """The whole configuration of one ucgate node."""
+
+    model_config = _MODEL_CONFIG
+
+    # Names this node in the shared store and in logs; unique within a site.
+    node_id: str = Field(default_factory=_default_node_id)
+    sip: SipConfig
+    registrar: RegistrarConfig = Field(default_factory=RegistrarConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    agents: tuple[Agent, ...] = ()
+    trunks: tuple[Trunk, ...] = ()
+    api_keys: tuple[ApiKey, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _validate_absent_sections(cls, value: object) -> object:
+        # An absent section must still be validated with the caller's context, so that
+        # e.g. the default store.data_dir is anchored at the config file's directory.
+        if isinstance(value, Mapping):
+            value = dict(value)
+            for section in ("registrar", "auth", "http", "store", "log"):
+                value.setdefault(section, {})
+        return value
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, value: str) -> str:
+        if not _NODE_ID.match(value):
+            raise ValueError("must be 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> UcgateConfig:
+        # Agents and trunks share one namespace: both are users of the one realm, so an
+        # agent and a trunk with the same id would be the same AOR.
+        owners: dict[str, tuple[str | int, ...]] = {}
+        for section, entries in (("agents", self.agents), ("trunks", self.trunks)):
+            for index, entry in enumerate(entries):
+                here: tuple[str | int, ...] = (section, index)
+                first = owners.setdefault(entry.id, here)
+                if first != here:
+                    raise FieldError(
+                        (*here, "id"), f"{entry.id!r} is already used by {_dotted(first)}"
+                    )
+                stored = entry.stored_hash
+                if stored is not None and all(a.hash_name != stored for a in self.auth.algorithms):
+                    field = f"ha1_{stored}"
+                    raise FieldError(
+                        (*here, field),
+                        f"auth.algorithms offers no {'MD5' if stored == 'md5' else 'SHA-256'}"
+                        " algorithm, so this user could never authenticate",
+                    )
+        keys: dict[str, int] = {}
+        for index, api_key in enumerate(self.api_keys):
+            first_index = keys.setdefault(api_key.key.get_secret_value(), index)
+            if first_index != index:
+                raise FieldError(("api_keys", index, "key"), f"same key as api_keys[{first_index}]")
+        return self
+
+    @property
+    def node_id_is_default(self) -> bool:
+        return "node_id" not in self.model_fields_set
+
+    @property
+    def auth_secret_is_random(self) -> bool:
+        """True when nodes cannot verify each other's nonces (no auth.secret given)."""
+        return "secret" not in self.auth.model_fields_set
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> UcgateConfig:
+    """Read ``path`` (TOML), apply ``UCGATE_*`` overrides from ``env``, validate.
+
+    ``env`` defaults to ``os.environ``. Relative paths in the file (``store.data_dir``,
+    ``sip.tls_cert``, ``sip.tls_key``) are taken relative to the file's directory.
+    """
+    environ: Mapping[str, str] = os.environ if env is None else env
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 (TOML files must be)"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    origins = _apply_env(data, environ)
+    return validate_config(data, base_dir=path.resolve().parent, origins=origins)
+
+
+def validate_config(
+    data: Mapping[str, Any],
+    *,
+    base_dir: Path | None = None,
+    origins: Mapping[tuple[str, ...], str] | None = None,
+) -> UcgateConfig:
+    """Validate already-parsed settings; raise :class:`ConfigError` listing every problem.
+
+    ``origins`` maps a key path to the environment variable that set it, so that an
+    error on an overridden key says where the value came from.
+    """
+    context = {"base_dir": base_dir} if base_dir is not None else {}
+    try:
+        return UcgateConfig.model_validate(dict(data), context=context)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origins or {})) from None
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    origins: dict[tuple[str, ...], str] = {}
+    problems: list[str] = []
+    for name in sorted(env):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        parts = tuple(name[len(ENV_PREFIX) :].lower().split(_ENV_NESTING))
+        if not all(parts):
+            problems.append(f"{name}: expected UCGATE_<SECTION>__<KEY>, e.g. UCGATE_SIP__DOMAIN")
+            continue
+        raw = env[name]
+        value: Any = raw
+        if raw.lstrip().startswith(("[", "{")) and not _BRACKETED_IPV6.match(raw):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{name}: not valid JSON ({exc.msg} at column {exc.colno})")
+                continue
+        target = data
+        for depth, part in enumerate(parts[:-1]):
+            child = target.setdefault(part, {})
+            if not isinstance(child, dict):
+                problems.append(f"{name}: {'.'.join(parts[: depth + 1])} is not a section")
+                break
+            target = child
+        else:
+            target[parts[-1]] = value
+            origins[parts] = name
+    if problems:
+        raise ConfigError(problems)
+    return origins
+
+
+def _dotted(loc: Sequence[str | int]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model class inside an annotation such as ``tuple[Agent, ...]`` or ``X | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is not None:
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _fields_at(loc: Sequence[str | int]) -> list[str]:
+    model: type[BaseModel] | None = UcgateConfig
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        model = None if field is None else _model_in(field.annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def _describe(exc: ValidationError, origins: Mapping[tuple[str, ...], str]) -> list[str]:
+    problems: list[str] = []
+    for error in exc.errors(include_url=False):
+        loc: tuple[str | int, ...] = tuple(error["loc"])
+        origin = next(
+            (var for path, var in origins.items() if tuple(loc[: len(path)]) == path), None
+        )
+        message = error["msg"]
+        cause = error.get("ctx", {}).get("error")
+        if error["type"] == "extra_forbidden":
+            parent, key = loc[:-1], str(loc[-1])
+            message = f"unknown key {key!r}"
+            close = get_close_matches(key, _fields_at(parent), n=1)
+            if close:
+                message += f" (did you mean {close[0]!r}?)"
+            loc = parent
+        elif error["type"] == "missing":
+            message = "required"
+        elif isinstance(cause, FieldError):
+            loc, message = (*loc, *cause.path), cause.why
+        elif isinstance(cause, ValueError):
+            message = str(cause)
+        if origin is not None:
+            message += f" (set by {origin})"
+        where = _dotted(loc)
+        problems.append(f"{where}: {message}" if where else f"top level: {message}")
+    return problems

@@ -1,0 +1,1 @@
+"""HTTP API (aiohttp): health, registrations; presence and sessions come later."""

@@ -1,0 +1,1 @@
+"""asyncio adapters around the sans-IO SIP core: sockets in, bytes to the core, bytes out."""
