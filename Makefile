@@ -21,7 +21,7 @@ STAMP := $(VENV)/.stamp
 CONFIG ?= config/ucgate.toml
 
 # Debian package that provides each command the tests drive.
-SYSTEM_COMMANDS := redis-server:redis-server sipp:sip-tester
+SYSTEM_COMMANDS := redis-server:redis-server sipp:sip-tester kamailio:kamailio
 
 .PHONY: help venv run deps-system test lint typecheck test-unit test-interop \
         bench-register clean distclean
