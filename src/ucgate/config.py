@@ -576,10 +576,30 @@ class _Credentials(BaseModel):
         return None
 
 
+_CHANNELS = ("voice", "chat", "email", "sms", "video", "social")
+
+
+def _default_capacity() -> dict[str, int]:
+    return {"voice": 1, "chat": 3, "email": 5}
+
+
 class Agent(_Credentials):
     """A contact-center agent; registers as ``sip:<id>@<sip.domain>``."""
 
     display_name: str | None = Field(default=None, max_length=128)
+    # Concurrent interactions per channel the agent can hold (issue 5 routes by it; presence
+    # shows used/free). Channels not listed have capacity 0.
+    capacity: dict[str, int] = Field(default_factory=_default_capacity)
+
+    @field_validator("capacity")
+    @classmethod
+    def _capacity(cls, value: dict[str, int]) -> dict[str, int]:
+        for channel, slots in value.items():
+            if channel not in _CHANNELS:
+                raise ValueError(f"unknown channel {channel!r} (known: {', '.join(_CHANNELS)})")
+            if not 0 <= slots <= 100:
+                raise ValueError(f"{channel}: capacity must be between 0 and 100")
+        return value
 
     @field_validator("display_name")
     @classmethod
@@ -591,6 +611,57 @@ class Trunk(_Credentials):
     """A PBX that registers as ``sip:<id>@<sip.domain>`` and exchanges calls with us."""
 
 
+class Application(_Credentials):
+    """A non-agent SIP account allowed to watch presence (a wallboard, a CRM connector)."""
+
+
+class CustomStatus(BaseModel):
+    """A site-specific manual status, e.g. "lunch" or "training"."""
+
+    model_config = _MODEL_CONFIG
+
+    name: str = Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")
+    # Whether routing may offer work to an agent in this status.
+    routable: bool = False
+    label: str | None = Field(default=None, max_length=64)
+
+
+_BUILTIN_STATUSES = ("available", "away", "busy", "dnd", "break", "offline")
+
+
+class PresenceConfig(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    # Manual statuses besides the built-in available, away, busy, dnd, break, offline.
+    custom_statuses: tuple[CustomStatus, ...] = ()
+    # RFC 3856 §6.10 throttle: at most one NOTIFY per watcher per this many seconds; a
+    # burst of changes inside the interval is coalesced into one NOTIFY with the latest
+    # state. RFC 3856 suggests 5 s; BLF keys must show ringing at once, so the default is
+    # 1 s and the first change after a quiet period is always sent immediately.
+    notify_min_interval: float = Field(default=1.0, ge=0.0, le=60.0)
+    # SUBSCRIBE expiry bounds (RFC 6665 §4.2.1.1: 423 below the minimum).
+    subscribe_min_expires: int = Field(default=60, ge=1, le=86400)
+    subscribe_max_expires: int = Field(default=3600, ge=1, le=86400)
+    subscribe_default_expires: int = Field(default=3600, ge=1, le=86400)
+    # PUBLISH expiry bounds (RFC 3903 §6 step 5: 423 below the minimum).
+    publish_min_expires: int = Field(default=60, ge=1, le=86400)
+    publish_max_expires: int = Field(default=3600, ge=1, le=86400)
+    # How many past changes are kept so a client can resume with ?since=<version>.
+    change_log_size: int = Field(default=10000, ge=100, le=1_000_000)
+
+    @field_validator("custom_statuses")
+    @classmethod
+    def _custom_unique(cls, value: tuple[CustomStatus, ...]) -> tuple[CustomStatus, ...]:
+        seen: set[str] = set()
+        for item in value:
+            if item.name in _BUILTIN_STATUSES:
+                raise ValueError(f"{item.name!r} is a built-in status")
+            if item.name in seen:
+                raise ValueError(f"{item.name!r} is listed twice")
+            seen.add(item.name)
+        return value
+
+
 class ApiKey(BaseModel):
     model_config = _MODEL_CONFIG
 
@@ -598,6 +669,9 @@ class ApiKey(BaseModel):
     scopes: tuple[Scope, ...]
     # Shown in logs instead of the key.
     name: str | None = Field(default=None, max_length=64)
+    # The agent this key belongs to: it may set that agent's own status with
+    # presence:read alone (supervisors need presence:write for others).
+    agent: str | None = None
 
     @field_validator("key")
     @classmethod
@@ -639,8 +713,10 @@ class UcgateConfig(BaseModel):
     http: HttpConfig = Field(default_factory=HttpConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    presence: PresenceConfig = Field(default_factory=PresenceConfig)
     agents: tuple[Agent, ...] = ()
     trunks: tuple[Trunk, ...] = ()
+    applications: tuple[Application, ...] = ()
     api_keys: tuple[ApiKey, ...] = ()
 
     @model_validator(mode="before")
@@ -650,7 +726,7 @@ class UcgateConfig(BaseModel):
         # e.g. the default store.data_dir is anchored at the config file's directory.
         if isinstance(value, Mapping):
             value = dict(value)
-            for section in ("registrar", "auth", "http", "store", "log"):
+            for section in ("registrar", "auth", "http", "store", "log", "presence"):
                 value.setdefault(section, {})
         return value
 
@@ -666,7 +742,12 @@ class UcgateConfig(BaseModel):
         # Agents and trunks share one namespace: both are users of the one realm, so an
         # agent and a trunk with the same id would be the same AOR.
         owners: dict[str, tuple[str | int, ...]] = {}
-        for section, entries in (("agents", self.agents), ("trunks", self.trunks)):
+        sections: tuple[tuple[str, tuple[_Credentials, ...]], ...] = (
+            ("agents", self.agents),
+            ("trunks", self.trunks),
+            ("applications", self.applications),
+        )
+        for section, entries in sections:
             for index, entry in enumerate(entries):
                 here: tuple[str | int, ...] = (section, index)
                 first = owners.setdefault(entry.id, here)
@@ -682,6 +763,10 @@ class UcgateConfig(BaseModel):
                         f"auth.algorithms offers no {'MD5' if stored == 'md5' else 'SHA-256'}"
                         " algorithm, so this user could never authenticate",
                     )
+        agent_ids = {a.id for a in self.agents}
+        for index, api_key in enumerate(self.api_keys):
+            if api_key.agent is not None and api_key.agent not in agent_ids:
+                raise FieldError(("api_keys", index, "agent"), f"no agent {api_key.agent!r}")
         keys: dict[str, int] = {}
         for index, api_key in enumerate(self.api_keys):
             first_index = keys.setdefault(api_key.key.get_secret_value(), index)

@@ -40,16 +40,22 @@ def render_config(
     auth_secret: str = "test-shared-nonce-secret",
     extra: str = "",
     api_key: str = "admin-test-key",
+    tls: tuple[int, Path, Path] | None = None,
+    auth_algorithms: tuple[str, ...] = ("MD5", "SHA-256"),
 ) -> str:
+    listen = [f"udp:127.0.0.1:{sip_port}", f"tcp:127.0.0.1:{sip_port}"]
+    if tls is not None:
+        listen.append(f"tls:127.0.0.1:{tls[0]}")
     lines = [
         f'node_id = "{node_id}"',
         "[sip]",
         f'domain = "{domain}"',
-        f'listen = ["udp:127.0.0.1:{sip_port}", "tcp:127.0.0.1:{sip_port}"]',
+        "listen = [" + ", ".join(f'"{x}"' for x in listen) + "]",
         "[http]",
         f'listen = "127.0.0.1:{http_port}"',
         "[auth]",
         f'secret = "{auth_secret}"',
+        "algorithms = [" + ", ".join(f'"{a}"' for a in auth_algorithms) + "]",
         "[store]",
         f'backend = "{backend}"',
     ]
@@ -57,6 +63,8 @@ def render_config(
         lines.append(f'redis_url = "{redis_url}"')
     if data_dir is not None:
         lines.append(f'data_dir = "{data_dir}"')
+    if tls is not None:
+        lines[4:4] = [f'tls_cert = "{tls[1]}"', f'tls_key = "{tls[2]}"']
     lines += ["[log]", 'format = "json"', 'level = "info"']
     if extra:
         lines.append(extra)
@@ -82,6 +90,8 @@ class UcgateProcess:
     sip_port: int = 0
     http_port: int = 0
     api_key: str = "admin-test-key"
+    tls: tuple[int, Path, Path] | None = None
+    auth_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
     proc: subprocess.Popen[bytes] | None = None
     lines: list[dict[str, object]] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
@@ -102,6 +112,8 @@ class UcgateProcess:
                 data_dir=(self.workdir / "data") if self.persist else None,
                 node_id=self.node_id,
                 api_key=self.api_key,
+                tls=self.tls,
+                auth_algorithms=self.auth_algorithms,
             )
         )
         with self._cond:

@@ -1,0 +1,108 @@
+"""A minimal blocking SIP client over UDP/TCP/TLS for interop tests of edge cases.
+
+It uses ucgate's own parser and digest client only to *read* answers and to *answer*
+challenges; what it sends is written out by hand so the test controls every byte.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import ssl
+
+from ucgate.sip.digest import DigestChallenge, build_authorization
+from ucgate.sip.framing import StreamFramer
+from ucgate.sip.message import Response
+from ucgate.sip.parser import parse_message
+
+
+class RawSipClient:
+    def __init__(self, kind: str, port: int, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.kind = kind
+        self.target = ("127.0.0.1", port)
+        if kind == "udp":
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock.bind(("127.0.0.1", 0))
+        else:
+            raw = socket.create_connection(self.target, timeout=5)
+            self.sock = (
+                ssl_context.wrap_socket(raw, server_hostname="127.0.0.1")
+                if kind == "tls" and ssl_context is not None
+                else raw
+            )
+        self.sock.settimeout(5)
+        self.local_port = self.sock.getsockname()[1]
+        self.framer = StreamFramer()
+        self.call_id = secrets.token_hex(8)
+        self.cseq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        if self.kind == "udp":
+            self.sock.sendto(data, self.target)
+        else:
+            self.sock.sendall(data)
+
+    def recv(self) -> Response:
+        if self.kind == "udp":
+            data, _ = self.sock.recvfrom(65535)
+            msg = parse_message(data)
+        else:
+            while (whole := self.framer.next_message()) is None:
+                chunk = self.sock.recv(65535)
+                if not chunk:
+                    raise ConnectionError("server closed the connection")
+                self.framer.feed(chunk)
+            msg = parse_message(whole)
+        assert isinstance(msg, Response), msg
+        return msg
+
+    def register(
+        self,
+        user: str,
+        *,
+        expires: int = 300,
+        authorization: str | None = None,
+        domain: str = "example.test",
+        contact: str | None = None,
+    ) -> Response:
+        self.cseq += 1
+        via_kind = self.kind.upper()
+        contact = contact or f"<sip:{user}@127.0.0.1:{self.local_port};transport={self.kind}>"
+        lines = [
+            f"REGISTER sip:{domain} SIP/2.0",
+            f"Via: SIP/2.0/{via_kind} 127.0.0.1:{self.local_port};rport;"
+            f"branch=z9hG4bK{secrets.token_hex(6)}",
+            "Max-Forwards: 70",
+            f"From: <sip:{user}@{domain}>;tag={secrets.token_hex(4)}",
+            f"To: <sip:{user}@{domain}>",
+            f"Call-ID: {self.call_id}",
+            f"CSeq: {self.cseq} REGISTER",
+            f"Contact: {contact}",
+            f"Expires: {expires}",
+        ]
+        if authorization is not None:
+            lines.append(f"Authorization: {authorization}")
+        self.send(("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode())
+        return self.recv()
+
+    def register_with_auth(
+        self, user: str, password: str, *, algorithm: str, expires: int = 300
+    ) -> Response:
+        challenge_resp = self.register(user, expires=expires)
+        assert challenge_resp.status == 401, challenge_resp
+        challenges = [
+            DigestChallenge.parse(v) for v in challenge_resp.headers.get_all("WWW-Authenticate")
+        ]
+        chosen = next(c for c in challenges if c.algorithm.value == algorithm)
+        auth = build_authorization(
+            chosen,
+            method="REGISTER",
+            uri="sip:example.test",
+            username=user,
+            cnonce=secrets.token_hex(8),
+            password=password,
+        )
+        return self.register(user, expires=expires, authorization=auth)
