@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+
 from tests.support.redis_server import RedisServer, RedisServerError
 
 

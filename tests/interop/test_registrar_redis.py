@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from sip_test_rig.sipp_runner import make_users_csv, run_sipp
 from sip_test_rig.softphone_client import Softphone
 from tests.support.ucgate_process import Account, UcgateProcess

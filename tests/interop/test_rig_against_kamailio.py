@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from sip_test_rig.kamailio import KAMAILIO, Kamailio, users_range
 from sip_test_rig.sipp_runner import SIPP, make_users_csv, run_sipp
 from sip_test_rig.softphone_client import Softphone, SoftphoneError

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import redis
-from tests.support.redis_server import RedisServer, free_port
 
+from tests.support.redis_server import RedisServer, free_port
 from ucgate.store import Binding, RedisLocationStore, StoreConflict, StoreUnavailable, UpdateFn
 
 pytestmark = pytest.mark.redis
