@@ -9,6 +9,7 @@ The ``call_id``/``cseq``/``top_via``/``from_``/``to`` helpers read a whole messa
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass, replace
 
@@ -209,6 +210,9 @@ def _read_quoted(text: str) -> int:
     raise _bad("unterminated quoted string in display name")
 
 
+# Memoised: each layer (transaction, registrar, validation) reads the same header text;
+# the result is frozen and errors are never cached, so sharing it is safe.
+@functools.lru_cache(maxsize=8192)
 def parse_name_addr(value: str) -> NameAddr:
     """Parse a From/To/Contact/Route-style value (one element, not a list)."""
     text = value.strip()
@@ -332,6 +336,9 @@ class Via:
         return f"SIP/2.0/{self.transport} {self.host}{port}{_format_params(self.params)}"
 
 
+# Memoised: each layer (transaction, registrar, validation) reads the same header text;
+# the result is frozen and errors are never cached, so sharing it is safe.
+@functools.lru_cache(maxsize=8192)
 def parse_via(value: str) -> Via:
     """One via-parm: ``SIP / 2.0 / transport sent-by *(;param)`` (LWS allowed, §25.1)."""
     m = _VIA_RE.match(value.strip())

@@ -7,6 +7,7 @@ expanded, RFC 3261 §7.3.3) so lookups never depend on how a peer spelled a name
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -108,12 +109,21 @@ _CANONICAL: dict[str, str] = {
 }
 
 
+@functools.lru_cache(maxsize=2048)
 def canonical_name(name: str) -> str:
-    """Return the canonical long form of a header name (compact forms expanded)."""
+    """Return the canonical long form of a header name (compact forms expanded).
+
+    Memoised: a node sees a few dozen distinct spellings, millions of times.
+    """
     low = name.strip().lower()
     if len(low) == 1 and low in COMPACT_FORMS:
         return COMPACT_FORMS[low]
     return _CANONICAL.get(low, name.strip())
+
+
+@functools.lru_cache(maxsize=2048)
+def _key(name: str) -> str:
+    return canonical_name(name).lower()
 
 
 class Headers:
@@ -121,15 +131,18 @@ class Headers:
 
     Each entry is one header *field line* as received (or added). ``values()`` splits
     comma-separated list headers (Via, Contact, Route…, RFC 3261 §7.3.1) into elements.
+    Entries keep their lower-case key beside them so lookups compare without re-folding.
     """
 
     __slots__ = ("_items",)
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in items]
+        self._items: list[tuple[str, str, str]] = [
+            (canonical_name(n), v, _key(n)) for n, v in items
+        ]
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._items)
+        return ((n, v) for n, v, _ in self._items)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -137,17 +150,21 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = canonical_name(name).lower()
-        return any(n.lower() == key for n, _ in self._items)
+        key = _key(name)
+        return any(k == key for _, _, k in self._items)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Headers) and self._items == other._items
+        return isinstance(other, Headers) and self.items() == other.items()
 
     def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
+        return f"Headers({self.items()!r})"
 
     def items(self) -> list[tuple[str, str]]:
-        return list(self._items)
+        return [(n, v) for n, v, _ in self._items]
+
+    def keys(self) -> list[str]:
+        """Lower-case canonical name of every field line, in order."""
+        return [k for _, _, k in self._items]
 
     def copy(self) -> Headers:
         new = Headers()
@@ -156,16 +173,16 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """First field value of ``name``, or ``default``."""
-        key = canonical_name(name).lower()
-        for n, v in self._items:
-            if n.lower() == key:
+        key = _key(name)
+        for _, v, k in self._items:
+            if k == key:
                 return v
         return default
 
     def get_all(self, name: str) -> list[str]:
         """Every field line of ``name`` in order, not comma-split."""
-        key = canonical_name(name).lower()
-        return [v for n, v in self._items if n.lower() == key]
+        key = _key(name)
+        return [v for _, v, k in self._items if k == key]
 
     def values(self, name: str) -> list[str]:
         """Every list element of ``name``: field lines split on top-level commas."""
@@ -175,49 +192,56 @@ class Headers:
         return out
 
     def add(self, name: str, value: str) -> None:
-        self._items.append((canonical_name(name), value))
+        self._items.append((canonical_name(name), value, _key(name)))
 
     def prepend(self, name: str, value: str) -> None:
         """Insert before every other field (a proxy's own Via goes on top, §16.6)."""
-        self._items.insert(0, (canonical_name(name), value))
+        self._items.insert(0, (canonical_name(name), value, _key(name)))
 
     def set(self, name: str, value: str) -> None:
         """Replace every field of ``name`` with one, keeping the first one's position."""
         cname = canonical_name(name)
-        key = cname.lower()
-        out: list[tuple[str, str]] = []
+        key = _key(name)
+        out: list[tuple[str, str, str]] = []
         placed = False
-        for n, v in self._items:
-            if n.lower() == key:
+        for n, v, k in self._items:
+            if k == key:
                 if not placed:
-                    out.append((cname, value))
+                    out.append((cname, value, key))
                     placed = True
             else:
-                out.append((n, v))
+                out.append((n, v, k))
         if not placed:
-            out.append((cname, value))
+            out.append((cname, value, key))
         self._items = out
 
     def remove(self, name: str) -> None:
-        key = canonical_name(name).lower()
-        self._items = [(n, v) for n, v in self._items if n.lower() != key]
+        key = _key(name)
+        self._items = [item for item in self._items if item[2] != key]
 
     def remove_first_value(self, name: str) -> str | None:
         """Pop the topmost list element of ``name`` (the top Via, §18.1.2)."""
-        key = canonical_name(name).lower()
-        for i, (n, v) in enumerate(self._items):
-            if n.lower() == key:
+        key = _key(name)
+        for i, (n, v, k) in enumerate(self._items):
+            if k == key:
                 parts = split_list(v)
                 if len(parts) <= 1:
                     del self._items[i]
                 else:
-                    self._items[i] = (n, ", ".join(parts[1:]))
+                    self._items[i] = (n, ", ".join(parts[1:]), k)
                 return parts[0] if parts else None
         return None
 
 
 def split_list(value: str) -> list[str]:
     """Split a header value on commas that are not inside quotes or <...> (RFC 3261 §7.3.1)."""
+    # Fast paths: most values have no comma at all, or no quote/angle bracket that could
+    # hide one; only the rest needs the character scan below.
+    if "," not in value:
+        stripped = value.strip()
+        return [stripped] if stripped else []
+    if '"' not in value and "<" not in value:
+        return [p for p in (part.strip() for part in value.split(",")) if p]
     parts: list[str] = []
     buf: list[str] = []
     in_quotes = False
@@ -255,7 +279,7 @@ def split_list(value: str) -> list[str]:
 
 
 def _serialize_headers(headers: Headers, body: bytes) -> list[str]:
-    lines = [f"{n}: {v}" for n, v in headers if n.lower() != "content-length"]
+    lines = [f"{n}: {v}" for n, v, k in headers._items if k != "content-length"]
     # Content-Length is always written from the body we actually send (§18.3 requires it
     # on stream transports; writing it everywhere is harmless and avoids framing bugs).
     lines.append(f"Content-Length: {len(body)}")

@@ -43,6 +43,7 @@ SINGLE_VALUED = (
     "Expires", "Min-Expires", "Date", "Content-Disposition", "MIME-Version", "Reply-To",
     "Subject", "Timestamp", "RSeq", "RAck", "Event", "Refer-To", "Session-Expires", "Min-SE",
 )
+_SINGLE_KEYS = {name.lower(): name for name in SINGLE_VALUED}
 
 
 class MalformedRequest(RemoteProtocolError):
@@ -240,9 +241,12 @@ def _parse_request(
 
 
 def _check_common(msg: Request | Response) -> fields.CSeq:
-    for name in SINGLE_VALUED:
-        if len(msg.headers.get_all(name)) > 1:
-            raise RemoteProtocolError(f"{name} present more than once", 400)
+    seen: set[str] = set()
+    for key in msg.headers.keys():
+        if key in _SINGLE_KEYS:
+            if key in seen:
+                raise RemoteProtocolError(f"{_SINGLE_KEYS[key]} present more than once", 400)
+            seen.add(key)
     fields.vias(msg)
     fields.from_(msg)
     fields.to(msg)

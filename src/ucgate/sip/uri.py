@@ -9,6 +9,7 @@ the spelling the peer sent so that re-serialising a URI never changes it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, replace
@@ -243,6 +244,9 @@ def _parse_sip(scheme: str, rest: str) -> SipUri:
     return SipUri(scheme, user, password, host, port, tuple(params), tuple(headers))
 
 
+# Memoised: each layer (transaction, registrar, validation) reads the same header text;
+# the result is frozen and errors are never cached, so sharing it is safe.
+@functools.lru_cache(maxsize=8192)
 def parse_uri(text: str) -> Uri:
     """Parse a Request-URI or a name-addr/addr-spec URI; 400 on any syntax error."""
     if not text or _ILLEGAL_RE.search(text):
