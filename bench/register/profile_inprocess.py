@@ -74,8 +74,12 @@ async def main(users: int, profile: bool, sort: str = "tottime") -> None:
         assert isinstance(challenge, Response) and challenge.status == 401, sent[-1][:80]
         ch = DigestChallenge.parse(challenge.headers.get_all("WWW-Authenticate")[0])
         auth = build_authorization(
-            ch, method="REGISTER", uri="sip:example.test", username=user,
-            cnonce=secrets.token_hex(4), password=f"pw{i}",
+            ch,
+            method="REGISTER",
+            uri="sip:example.test",
+            username=user,
+            cnonce=secrets.token_hex(4),
+            password=f"pw{i}",
         )
         sent.clear()
         runtime.on_data(register_bytes(user, port, 2, call_id, auth), peer)
@@ -97,8 +101,10 @@ async def main(users: int, profile: bool, sort: str = "tottime") -> None:
     if prof:
         prof.disable()
     cpu = time.process_time() - t0
-    print(f"{users} authenticated REGISTER exchanges: {cpu / users * 1e6:.0f} µs CPU each "
-          f"(client-side work included; profile={'on' if profile else 'off'})")
+    print(
+        f"{users} authenticated REGISTER exchanges: {cpu / users * 1e6:.0f} µs CPU each "
+        f"(client-side work included; profile={'on' if profile else 'off'})"
+    )
     await node.close()
     if prof:
         pstats.Stats(prof).sort_stats(sort).print_stats(40)

@@ -156,12 +156,10 @@ class RegistrarService:
         for value in contact_header_values(after, now):
             resp.headers.add("Contact", value)
         if before != after:
-            log.info(
-                "registrar.bindings",
-                aor=aor,
-                count=len(after),
-                source=ctx.source,
-            )
+            if {b.contact for b in before} != {b.contact for b in after}:
+                # Refreshes are the bulk of registrar traffic; only a device arriving or
+                # leaving is worth a line.
+                log.info("registrar.bindings", aor=aor, count=len(after), source=ctx.source)
             change = BindingsChanged(aor, user, tuple(before), tuple(after))
             for listener in self.listeners:
                 await listener(change)
