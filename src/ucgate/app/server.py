@@ -134,6 +134,12 @@ async def start_node(config: UcgateConfig) -> Node:
     sip_listens = [
         s for s in listen if s.kind in (TransportKind.UDP, TransportKind.TCP, TransportKind.TLS)
     ]
+    for skipped in (s for s in listen if s not in sip_listens):
+        # SIP over WebSocket (RFC 7118) arrives with the WebRTC work; say so rather than
+        # pretend to listen.
+        log.warning(
+            "sip.listen_unsupported", listen=f"{skipped.kind.value}:{skipped.host}:{skipped.port}"
+        )
     first = sip_listens[0]
     transactions = TransactionLayer(
         timers=TimerConfig(t1=config.sip.t1, t2=config.sip.t2, t4=config.sip.t4),
@@ -198,7 +204,7 @@ async def start_node(config: UcgateConfig) -> Node:
         version=__version__,
         node_id=node_id,
         sip=[f"{b.kind.value}:{b.host}:{b.port}" for b in bound],
-        http=config.http.listen,
+        http=str(config.http.listen),
         store=config.store.backend,
     )
     return Node(config, store, hub, runtime, app, registrar, http_runner, bound, http_port, tasks)
