@@ -12,7 +12,7 @@ import ssl
 
 from ucgate.sip.digest import DigestChallenge, build_authorization
 from ucgate.sip.framing import StreamFramer
-from ucgate.sip.message import Response
+from ucgate.sip.message import Request, Response
 from ucgate.sip.parser import parse_message
 
 
@@ -45,19 +45,74 @@ class RawSipClient:
         else:
             self.sock.sendall(data)
 
-    def recv(self) -> Response:
+    def recv_any(self) -> Request | Response:
         if self.kind == "udp":
             data, _ = self.sock.recvfrom(65535)
-            msg = parse_message(data)
-        else:
-            while (whole := self.framer.next_message()) is None:
-                chunk = self.sock.recv(65535)
-                if not chunk:
-                    raise ConnectionError("server closed the connection")
-                self.framer.feed(chunk)
-            msg = parse_message(whole)
+            return parse_message(data)
+        while (whole := self.framer.next_message()) is None:
+            chunk = self.sock.recv(65535)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            self.framer.feed(chunk)
+        return parse_message(whole)
+
+    def recv(self) -> Response:
+        msg = self.recv_any()
         assert isinstance(msg, Response), msg
         return msg
+
+    def respond(self, req: Request, status: int, reason: str = "OK") -> None:
+        """Answer a request from the server (a NOTIFY) statelessly (§8.2.6)."""
+        lines = [f"SIP/2.0 {status} {reason}"]
+        for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+            for value in req.headers.get_all(name):
+                if name == "To" and "tag=" not in value:
+                    value += ";tag=" + secrets.token_hex(4)
+                lines.append(f"{name}: {value}")
+        self.send(("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode())
+
+    def request(
+        self,
+        method: str,
+        uri: str,
+        headers: list[tuple[str, str]],
+        *,
+        body: bytes = b"",
+    ) -> None:
+        """Send a request with a fresh Via branch; ``headers`` supply the rest."""
+        lines = [
+            f"{method} {uri} SIP/2.0",
+            f"Via: SIP/2.0/{self.kind.upper()} 127.0.0.1:{self.local_port};rport;"
+            f"branch=z9hG4bK{secrets.token_hex(6)}",
+            "Max-Forwards: 70",
+            *(f"{n}: {v}" for n, v in headers),
+            f"Content-Length: {len(body)}",
+        ]
+        self.send(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+
+    def authorize(
+        self,
+        challenge: Response,
+        *,
+        method: str,
+        uri: str,
+        user: str,
+        password: str,
+        nc: int = 1,
+    ) -> str:
+        """An Authorization value answering the first MD5 challenge of a 401 (reusing a
+        nonce needs a higher ``nc`` each time, or the server sees a replay)."""
+        values = challenge.headers.get_all("WWW-Authenticate")
+        chosen = next(c for c in map(DigestChallenge.parse, values) if c.algorithm.value == "MD5")
+        return build_authorization(
+            chosen,
+            method=method,
+            uri=uri,
+            username=user,
+            cnonce=secrets.token_hex(8),
+            password=password,
+            nc=nc,
+        )
 
     def register(
         self,

@@ -6,25 +6,36 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import secrets
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from ucgate import __version__
+from ucgate.app.presence_sip import PresenceSipServer
 from ucgate.app.sip_app import SipApplication, new_tag
 from ucgate.app.sip_runtime import SipRuntime
 from ucgate.config import UcgateConfig
 from ucgate.http.api import build_app
 from ucgate.http.auth import ApiKeys
+from ucgate.presence.model import StatusDef, status_table
+from ucgate.presence.service import PresenceService
+from ucgate.presence.store import PresenceStore
+from ucgate.presence.store_memory import MemoryPresenceStore
+from ucgate.presence.store_redis import RedisPresenceStore
 from ucgate.registrar.accounts import Account, AccountDirectory, AccountKind
 from ucgate.registrar.rules import RegistrarPolicy
 from ucgate.registrar.service import RegistrarService
+from ucgate.sip.auth_gate import DigestGate
 from ucgate.sip.digest import DigestAlgorithm, DigestAuthenticator, UserSecret
 from ucgate.sip.endpoint import MessageDropped, SipEndpoint
 from ucgate.sip.peer import TransportKind
+from ucgate.sip.publication import PublicationTable
+from ucgate.sip.subscription import SubscriptionTable
 from ucgate.sip.transaction.layer import TransactionLayer
 from ucgate.sip.transaction.timers import TimerConfig
 from ucgate.store import open_location_store
@@ -45,7 +56,12 @@ def _secret_for(
 def build_accounts(config: UcgateConfig) -> AccountDirectory:
     realm = config.sip.domain
     accounts: list[Account] = []
-    for kind, entries in ((AccountKind.AGENT, config.agents), (AccountKind.TRUNK, config.trunks)):
+    groups: tuple[tuple[AccountKind, tuple[Any, ...]], ...] = (
+        (AccountKind.AGENT, config.agents),
+        (AccountKind.TRUNK, config.trunks),
+        (AccountKind.APPLICATION, config.applications),
+    )
+    for kind, entries in groups:
         for entry in entries:
             secret = _secret_for(
                 realm,
@@ -74,6 +90,9 @@ class Node:
     app: SipApplication
     registrar: RegistrarService
     http_runner: web.AppRunner
+    presence: PresenceService
+    presence_store: PresenceStore
+    presence_sip: PresenceSipServer
     sip_listeners: list[BoundListener]
     http_port: int
     tasks: list[asyncio.Task[None]]
@@ -83,6 +102,7 @@ class Node:
         # every binding we acknowledged.
         await self.hub.close()
         await self.app.drain()
+        await self.presence_sip.close()
         self.runtime.close()
         for task in self.tasks:
             task.cancel()
@@ -90,6 +110,8 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.http_runner.cleanup()
+        await self.presence.close()
+        await self.presence_store.close()
         await self.store.close()
 
 
@@ -110,6 +132,14 @@ async def _sweep_expired(store: LocationStore, registrar: RegistrarService) -> N
             # Redis is down: keep trying; the bindings are still there when it is back.
             log.warning("registrar.sweep_store_unavailable")
             await asyncio.sleep(1.0)
+
+
+async def _open_presence_store(config: UcgateConfig) -> PresenceStore:
+    size = config.presence.change_log_size
+    if config.store.backend == "redis":
+        assert config.store.redis_url is not None
+        return await RedisPresenceStore.connect(config.store.redis_url, change_log_size=size)
+    return await MemoryPresenceStore.open(data_dir=config.store.data_dir, change_log_size=size)
 
 
 def _server_ssl(config: UcgateConfig) -> ssl.SSLContext | None:
@@ -175,26 +205,79 @@ async def start_node(config: UcgateConfig) -> Node:
         default_expires=config.registrar.default_expires,
         max_contacts=config.registrar.max_contacts_per_aor,
     )
+    accounts = build_accounts(config)
+    gate = DigestGate(authenticator, accounts.secret, new_tag)
     registrar = RegistrarService(
         domain=config.sip.domain,
-        accounts=build_accounts(config),
-        authenticator=authenticator,
+        accounts=accounts,
+        gate=gate,
         store=store,
         policy=policy,
         node_id=node_id,
         to_tag=new_tag,
     )
-    app = SipApplication(runtime, registrar, user_agent=config.sip.user_agent)
+    presence_store = await _open_presence_store(config)
+    statuses = status_table(
+        StatusDef(c.name, c.routable, c.label) for c in config.presence.custom_statuses
+    )
+    presence = PresenceService(
+        presence_store,
+        agents={a.id: a.capacity for a in config.agents},
+        statuses=statuses,
+    )
+    await presence.start()
+    # Devices come from the location store (it survives restarts and is shared between
+    # nodes); presence only mirrors it, so rebuild the mirror before taking traffic.
+    now = time.time()
+    for agent in config.agents:
+        await presence.sync_devices(
+            agent.id, await store.lookup(f"sip:{agent.id}@{config.sip.domain}", now)
+        )
+    registrar.listeners.append(presence.on_bindings_changed)
+    pcfg = config.presence
+    via_host = config.sip.advertised_host or first.host
+    presence_sip = PresenceSipServer(
+        runtime=runtime,
+        presence=presence,
+        accounts=accounts,
+        gate=gate,
+        domain=config.sip.domain,
+        contact=f"<sip:ucgate@{via_host}:{first.port}>",
+        subscriptions=SubscriptionTable(
+            min_expires=pcfg.subscribe_min_expires,
+            max_expires=pcfg.subscribe_max_expires,
+            default_expires=pcfg.subscribe_default_expires,
+            notify_min_interval=pcfg.notify_min_interval,
+            tag_factory=new_tag,
+        ),
+        publications=PublicationTable(
+            min_expires=pcfg.publish_min_expires,
+            max_expires=pcfg.publish_max_expires,
+            # The node id in every entity-tag says which node holds the publication
+            # (RFC 3903 state is per node; see README).
+            etag_factory=lambda: f"{node_id}.{secrets.token_urlsafe(9)}",
+        ),
+        user_agent=config.sip.user_agent,
+        to_tag=new_tag,
+    )
+    app = SipApplication(
+        runtime, registrar, user_agent=config.sip.user_agent, presence=presence_sip
+    )
     runtime.set_handler(app.handle)
     bound = await hub.start(sip_listens)
 
-    tasks = [asyncio.get_running_loop().create_task(_sweep_expired(store, registrar))]
-    flusher = getattr(store, "run_flusher", None)
-    if flusher is not None:
-        tasks.append(asyncio.get_running_loop().create_task(flusher()))
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(_sweep_expired(store, registrar))]
+    for owner in (store, presence_store):
+        flusher = getattr(owner, "run_flusher", None)
+        if flusher is not None:
+            tasks.append(loop.create_task(flusher()))
 
-    keys = ApiKeys((k.key.get_secret_value(), frozenset(k.scopes)) for k in config.api_keys)
-    http_runner = web.AppRunner(build_app(store, keys), access_log=None)
+    keys = ApiKeys.from_config(config.api_keys)
+    # access_log stays off: a browser stream's ?access_token= would land in it.
+    http_runner = web.AppRunner(
+        build_app(store, keys, presence=presence, statuses=statuses), access_log=None
+    )
     await http_runner.setup()
     site = web.TCPSite(http_runner, config.http.listen.host, config.http.listen.port)
     await site.start()
@@ -207,7 +290,21 @@ async def start_node(config: UcgateConfig) -> Node:
         http=str(config.http.listen),
         store=config.store.backend,
     )
-    return Node(config, store, hub, runtime, app, registrar, http_runner, bound, http_port, tasks)
+    return Node(
+        config,
+        store,
+        hub,
+        runtime,
+        app,
+        registrar,
+        http_runner,
+        presence,
+        presence_store,
+        presence_sip,
+        bound,
+        http_port,
+        tasks,
+    )
 
 
 async def run_server(config: UcgateConfig, *, stop: asyncio.Event | None = None) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 
+from ucgate.app.presence_sip import PresenceSipServer
 from ucgate.app.sip_runtime import SipRuntime
 from ucgate.registrar.service import RegistrarService
 from ucgate.sip.errors import RemoteProtocolError
@@ -21,9 +22,9 @@ log = structlog.get_logger(__name__)
 
 # What we serve today; every other method we recognise gets 405 with this Allow list
 # (§8.2.1), methods we do not know get 501.
-ALLOWED_METHODS = frozenset({"REGISTER", "OPTIONS"})
+ALLOWED_METHODS = frozenset({"REGISTER", "OPTIONS", "SUBSCRIBE", "PUBLISH"})
 SUPPORTED_EXTENSIONS = frozenset({"path", "outbound", "gruu"})
-ACCEPTED_CONTENT_TYPES = frozenset({"application/sdp"})
+ACCEPTED_CONTENT_TYPES = frozenset({"application/sdp", "application/pidf+xml"})
 
 
 def new_tag() -> str:
@@ -37,17 +38,20 @@ class SipApplication:
         registrar: RegistrarService,
         *,
         user_agent: str,
+        presence: PresenceSipServer | None = None,
     ) -> None:
         self.runtime = runtime
         self.registrar = registrar
+        self.presence = presence
         self.user_agent = user_agent
         self._tasks: set[asyncio.Task[None]] = set()
 
     def handle(self, event: TransactionEvent) -> None:
         if isinstance(event, RequestReceived):
             self._on_request(event)
-        else:
-            log.debug("sip.event", kind=type(event).__name__)
+        elif self.presence is not None:
+            # Responses to (and failures of) the NOTIFYs we sent.
+            self.presence.on_transaction_event(event)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -79,6 +83,8 @@ class SipApplication:
             self._answer(ev, resp)
         elif req.method == "REGISTER":
             self._spawn(self._register(ev))
+        elif req.method in ("SUBSCRIBE", "PUBLISH") and self.presence is not None:
+            self.presence.on_request(ev)
 
     def _answer(self, ev: RequestReceived, resp: Any) -> None:
         resp.headers.add("Server", self.user_agent)

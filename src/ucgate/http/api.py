@@ -2,22 +2,39 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Mapping
 
 from aiohttp import web
 
 from ucgate import __version__
-from ucgate.http.auth import ApiKeys, require
+from ucgate.http.auth import ADMIN, API_KEYS, ApiKeys, require
+from ucgate.http.openapi import build_openapi
+from ucgate.http.presence_api import (
+    PresenceSource,
+    StreamHub,
+    StreamSettings,
+    add_presence_routes,
+    api_errors,
+)
+from ucgate.presence.model import BUILTIN_STATUSES, StatusDef
 from ucgate.store.location import LocationStore
 
 STORE_KEY = web.AppKey("store", LocationStore)
+OPENAPI_KEY = web.AppKey("openapi", bytes)
+STREAM_HUB_KEY = web.AppKey("stream_hub", StreamHub)
 
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "version": __version__})
 
 
-@require("admin")
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI_KEY], content_type="application/json")
+
+
+@require(ADMIN)
 async def list_registrations(request: web.Request) -> web.Response:
     store = request.app[STORE_KEY]
     now = time.time()
@@ -43,10 +60,28 @@ async def list_registrations(request: web.Request) -> web.Response:
     return web.json_response({"registrations": out})
 
 
-def build_app(store: LocationStore, api_keys: ApiKeys) -> web.Application:
-    app = web.Application()
+def build_app(
+    store: LocationStore,
+    api_keys: ApiKeys,
+    *,
+    presence: PresenceSource | None = None,
+    statuses: Mapping[str, StatusDef] = BUILTIN_STATUSES,
+    stream_settings: StreamSettings | None = None,
+) -> web.Application:
+    """The HTTP app. With ``presence`` (a started ``PresenceService``) the /v1/presence
+    routes are mounted; ``statuses`` is the same status table the service was given."""
+    app = web.Application(middlewares=[api_errors])
     app[STORE_KEY] = store
-    app["api_keys"] = api_keys
+    app[API_KEYS] = api_keys
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/v1/registrations", list_registrations)
+    if presence is not None:
+        app[STREAM_HUB_KEY] = add_presence_routes(
+            app, presence, statuses=statuses, settings=stream_settings
+        )
+    document = build_openapi(
+        version=__version__, presence=presence is not None, statuses=list(statuses)
+    )
+    app[OPENAPI_KEY] = json.dumps(document, indent=1).encode()
     return app

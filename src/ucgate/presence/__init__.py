@@ -8,6 +8,7 @@
   (RFC 4235).
 """
 
+from ucgate.presence.dialog_info import render_dialog_info
 from ucgate.presence.model import (
     BUILTIN_STATUSES,
     AgentSources,
@@ -25,6 +26,7 @@ from ucgate.presence.model import (
     compose,
     status_table,
 )
+from ucgate.presence.pidf import PublishedState, parse_pidf, render_pidf
 
 __all__ = [
     "BUILTIN_STATUSES",
@@ -38,8 +40,12 @@ __all__ = [
     "PresenceDataError",
     "PresenceDocument",
     "Published",
+    "PublishedState",
     "StatusDef",
     "VoiceState",
     "compose",
+    "parse_pidf",
+    "render_dialog_info",
+    "render_pidf",
     "status_table",
 ]

@@ -492,7 +492,7 @@ def compose(
     return PresenceDocument(
         agent=sources.agent,
         version=0,
-        updated_at=now,
+        updated_at=float(now),
         status=status,
         manual=manual,
         voice=voice,

@@ -12,6 +12,7 @@ from ucgate.sip.digest import UserSecret
 class AccountKind(enum.Enum):
     AGENT = "agent"
     TRUNK = "trunk"
+    APPLICATION = "application"  # may watch presence, never registers calls
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from ucgate.registrar.rules import (
     contact_header_values,
     parse_contacts,
 )
-from ucgate.sip.digest import DigestAuthenticator, credentials_for_realm
+from ucgate.sip.auth_gate import DigestGate
 from ucgate.sip.errors import RemoteProtocolError
 from ucgate.sip.fields import call_id, cseq, to
 from ucgate.sip.message import Request, Response
@@ -52,7 +52,7 @@ class RegistrarService:
         *,
         domain: str,
         accounts: AccountDirectory,
-        authenticator: DigestAuthenticator,
+        gate: DigestGate,
         store: LocationStore,
         policy: RegistrarPolicy,
         node_id: str,
@@ -60,7 +60,7 @@ class RegistrarService:
     ) -> None:
         self.domain = domain.lower()
         self.accounts = accounts
-        self.auth = authenticator
+        self.gate = gate
         self.store = store
         self.policy = policy
         self.node_id = node_id
@@ -69,12 +69,6 @@ class RegistrarService:
 
     def _reply(self, req: Request, status: int, reason: str | None = None) -> Response:
         return make_response(req, status, reason, to_tag=self._to_tag())
-
-    def _challenge(self, req: Request, now: float, *, stale: bool = False) -> Response:
-        resp = self._reply(req, 401)
-        for value in self.auth.challenge(now, stale=stale):
-            resp.headers.add("WWW-Authenticate", value)
-        return resp
 
     async def handle(self, req: Request, peer: Peer, now: float) -> Response:
         """Answer one REGISTER; ``now`` is wall-clock time (bindings outlive the process)."""
@@ -104,31 +98,13 @@ class RegistrarService:
 
         # §10.3 step 3 / §22: authenticate. A wrong password and an unknown user get the
         # same 401 (no user enumeration); only an expired nonce says stale=true.
-        # §22.3: a request may carry credentials for several realms; use ours.
-        credentials = credentials_for_realm(req.headers.get_all("Authorization"), self.auth.realm)
-        if credentials is None:
-            return self._challenge(req, now)
-        result = self.auth.verify(
-            method=req.method,
-            request_uri=req.uri,
-            authorization=credentials,
-            lookup=self.accounts.secret,
-            now=now,
-        )
-        if not result.ok:
-            log.info(
-                "registrar.auth_failed",
-                reason=result.reason.value if result.reason else None,
-                user=result.claimed_username,
-            )
-            if result.bad_request:
-                # RFC 7616 §3.4: malformed credentials or a uri that is not ours.
-                return self._reply(req, 400, "Bad Authorization")
-            return self._challenge(req, now, stale=result.stale)
+        who = self.gate.check(req, now)
+        if isinstance(who, Response):
+            return who
 
         user = to_hdr.uri.user
         # §10.3 step 4: the authenticated identity may only change its own bindings.
-        if result.username != user:
+        if who.username != user:
             return self._reply(req, 403, "Not your address")
 
         aor = f"sip:{user}@{self.domain}"

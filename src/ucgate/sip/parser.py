@@ -242,7 +242,7 @@ def _parse_request(
 
 def _check_common(msg: Request | Response) -> fields.CSeq:
     seen: set[str] = set()
-    for key in msg.headers.keys():
+    for key in msg.headers.keys():  # noqa: SIM118 - Headers iterates (name, value) pairs
         if key in _SINGLE_KEYS:
             if key in seen:
                 raise RemoteProtocolError(f"{_SINGLE_KEYS[key]} present more than once", 400)
