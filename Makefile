@@ -22,6 +22,9 @@ CONFIG ?= config/ucgate.toml
 
 # Debian package that provides each command the tests drive.
 SYSTEM_COMMANDS := redis-server:redis-server sipp:sip-tester kamailio:kamailio
+# Packages without a command of their own (checked with dpkg): Kamailio's presence modules
+# for the reference presence server of the rig's tests and bench/presence.
+SYSTEM_PACKAGES := kamailio-presence-modules
 
 .PHONY: help venv run deps-system test lint typecheck test-unit test-interop \
         bench-register clean distclean
@@ -71,6 +74,9 @@ deps-system:
 	@missing=""; \
 	for pair in $(SYSTEM_COMMANDS); do \
 	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; \
+	done; \
+	for pkg in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; \
 	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" -ne 0 ]; then \

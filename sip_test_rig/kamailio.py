@@ -6,6 +6,7 @@ import contextlib
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from string import Template
 from types import TracebackType
@@ -16,6 +17,13 @@ from sip_test_rig.procs import children_of, kill_pids, stop_process
 
 KAMAILIO = "/usr/sbin/kamailio"
 DEFAULT_TEMPLATE = Path(__file__).with_name("kamailio_registrar.cfg.tmpl")
+#: Registrar + presence server (presence, presence_xml, presence_dialoginfo), in memory.
+PRESENCE_TEMPLATE = Path(__file__).with_name("kamailio_presence.cfg.tmpl")
+#: Debian's db_text schema files (one file per table, first line = column types).
+DEBIAN_DBTEXT = Path("/usr/share/kamailio/dbtext/kamailio")
+#: The tables the presence modules open at start-up, even with subs_db_mode=0 / publ_cache=2.
+PRESENCE_TABLES = ("presentity", "active_watchers", "watchers", "xcap")
+PRESENCE_MODULE = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules/presence.so")
 
 
 def render_config(
@@ -59,6 +67,38 @@ def write_users_dbtext(dbdir: Path, users: list[tuple[str, str]]) -> None:
     (dbdir / "htable").write_text("\n".join(rows) + "\n")
 
 
+def add_dbtext_tables(dbdir: Path, tables: Sequence[str], *, schema: Path = DEBIAN_DBTEXT) -> None:
+    """Copy empty db_text ``tables`` from Debian's schema into ``dbdir`` and register them.
+
+    Kamailio's db_text checks each table's version against the ``version`` table, so the rows
+    for these tables are appended to it (call after ``write_users_dbtext``, which writes it).
+    """
+    dbdir.mkdir(parents=True, exist_ok=True)
+    versions: dict[str, str] = {}
+    for line in (schema / "version").read_text().splitlines()[1:]:
+        fields = line.split(":")
+        if len(fields) == 3:  # id:table_name:table_version
+            versions[fields[1]] = fields[2]
+    version_file = dbdir / "version"
+    if not version_file.exists():
+        version_file.write_text("table_name(string) table_version(int)\n")
+    rows = []
+    for table in tables:
+        if table not in versions:
+            raise ValueError(f"no db_text schema for table {table!r} in {schema}")
+        # Only the header line: the tables start empty (all state stays in shared memory).
+        header = (schema / table).read_text().splitlines()[0]
+        (dbdir / table).write_text(header + "\n")
+        rows.append(f"{table}:{versions[table]}\n")
+    with open(version_file, "a", encoding="utf-8") as f:
+        f.writelines(rows)
+
+
+def has_presence_modules() -> bool:
+    """True when Debian's kamailio-presence-modules package is installed."""
+    return PRESENCE_MODULE.exists()
+
+
 class Kamailio:
     """A Kamailio process in a temporary directory; ``start()`` returns once it answers OPTIONS.
 
@@ -75,15 +115,23 @@ class Kamailio:
         tcp_children: int = 2,
         shm_mb: int = 64,
         pkg_mb: int = 8,
-        template: Path = DEFAULT_TEMPLATE,
+        template: Path | None = None,
         start_timeout: float = 15.0,
+        presence: bool = False,
+        extra_tables: Sequence[str] = (),
     ) -> None:
+        """``presence=True`` runs ``PRESENCE_TEMPLATE`` (unless ``template`` names another) and
+        creates the db_text tables the presence modules need; ``extra_tables`` adds more."""
         self.users = users
+        self.presence = presence
+        self.extra_tables = tuple(extra_tables)
         self.domain = domain
         self.children = children
         self.tcp_children = tcp_children
         self.shm_mb = shm_mb
         self.pkg_mb = pkg_mb
+        if template is None:
+            template = PRESENCE_TEMPLATE if presence else DEFAULT_TEMPLATE
         self.template = template
         self.start_timeout = start_timeout
         self.port = 0
@@ -111,6 +159,9 @@ class Kamailio:
         self.port = free_port()
         cfg = self._tmp / "kamailio.cfg"
         write_users_dbtext(self._tmp / "db", self.users)
+        tables = (*(PRESENCE_TABLES if self.presence else ()), *self.extra_tables)
+        if tables:
+            add_dbtext_tables(self._tmp / "db", tables)
         cfg.write_text(
             render_config(
                 self.template,
@@ -200,4 +251,14 @@ def users_range(count: int, *, prefix: str = "u", width: int = 5) -> list[tuple[
     return [(f"{prefix}{i:0{width}d}", f"pw-{i:0{width}d}-x") for i in range(1, count + 1)]
 
 
-__all__ = ["DEFAULT_TEMPLATE", "Kamailio", "render_config", "users_range", "write_users_dbtext"]
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "PRESENCE_TABLES",
+    "PRESENCE_TEMPLATE",
+    "Kamailio",
+    "add_dbtext_tables",
+    "has_presence_modules",
+    "render_config",
+    "users_range",
+    "write_users_dbtext",
+]

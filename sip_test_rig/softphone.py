@@ -11,9 +11,22 @@ one reply line on stdout, and asynchronous events are JSON lines on stdout too:
     <- {"event": "reg_state", "account": "alice@example.test", "code": 200, "reason": "OK",
         "expires": 300, "active": true}
 
-Commands live in a table (``Controller.commands``) so call control (make_call / answer / hold /
-transfer / dtmf) can be added as more entries without touching the loop. Passwords are never
-logged or echoed.
+Presence (RFC 3856 / RFC 3903 through pjsua2's Buddy and PUBLISH support):
+
+    -> {"cmd": "register", ..., "proxy": true}   # route every request through the server
+    -> {"cmd": "subscribe_buddy", "uri": "sip:bob@example.test", "account": "alice@example.test"}
+    <- {"reply": "subscribe_buddy", "ok": true, "account": "...", "uri": "sip:bob@example.test"}
+    <- {"event": "buddy_state", "account": "...", "uri": "sip:bob@example.test",
+        "status": "online", "status_text": "Online", "activity": "busy", "note": "...",
+        "sub_state": "ACTIVE", "sub_term_reason": "", "sub_term_code": 200}
+    -> {"cmd": "publish_presence", "status": "online", "activity": "busy", "note": "on a call"}
+    -> {"cmd": "unsubscribe_buddy", "uri": "..."} / {"cmd": "unpublish"}
+
+A presentity's URI has the server's domain (``sip:bob@example.test``), which does not resolve:
+register with ``"proxy": true`` (or a proxy URI) so SUBSCRIBE and PUBLISH are sent to the server
+(RFC 3261 §8.1.2 outbound proxy). Commands live in a table (``Controller.commands``) so call
+control (make_call / answer / hold / transfer / dtmf) can be added as more entries without
+touching the loop. Passwords are never logged or echoed.
 """
 
 from __future__ import annotations
@@ -29,6 +42,8 @@ from typing import Any, TextIO
 
 JsonObj = dict[str, Any]
 _TRANSPORTS = ("udp", "tcp")
+_STATUSES = ("online", "offline")
+_ACTIVITIES = ("unknown", "away", "busy")
 
 
 class CommandError(Exception):
@@ -57,9 +72,20 @@ class Controller:
         self.out = out
         self.quitting = False
         self.accounts: dict[str, Any] = {}
+        # The AccountConfig each account was created with: presence commands change a field
+        # (publishEnabled) and apply it with Account.modify.
+        self.account_configs: dict[str, Any] = {}
+        # (account key, buddy URI) -> pjsua2 Buddy. Every Buddy stays referenced here until
+        # shutdown: an unreferenced one is deleted by SWIG and its subscription with it.
+        self.buddies: dict[tuple[str, str], Any] = {}
         self.commands: dict[str, Callable[[JsonObj], JsonObj]] = {
             "register": self.cmd_register,
             "unregister": self.cmd_unregister,
+            "subscribe_buddy": self.cmd_subscribe_buddy,
+            "unsubscribe_buddy": self.cmd_unsubscribe_buddy,
+            "buddy_info": self.cmd_buddy_info,
+            "publish_presence": self.cmd_publish_presence,
+            "unpublish": self.cmd_unpublish,
             "info": self.cmd_info,
             "quit": self.cmd_quit,
         }
@@ -151,6 +177,16 @@ class Controller:
         acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
         acfg.mediaConfig.transportConfig.port = 0
         acfg.mediaConfig.transportConfig.portRange = 0
+        proxy = cmd.get("proxy", False)
+        if proxy is True:
+            proxy = f"sip:{server};lr;transport={transport}"
+        if isinstance(proxy, str) and proxy:
+            # Outbound proxy: SUBSCRIBE/PUBLISH to sip:user@<domain> reach the server without DNS.
+            acfg.sipConfig.proxies.append(proxy)
+        elif proxy is not False:
+            raise CommandError("'proxy' must be true, false or a SIP URI")
+        acfg.presConfig.publishEnabled = bool(cmd.get("publish", False))
+        self.account_configs[key] = acfg
         existing = self.accounts.get(key)
         if existing is not None:
             # Same identity again: reconfigure in place, which re-registers with the new settings.
@@ -165,6 +201,109 @@ class Controller:
         key = self._account_key(cmd)
         self.accounts[key].setRegistration(False)
         return {"account": key}
+
+    def cmd_subscribe_buddy(self, cmd: JsonObj) -> JsonObj:
+        """SUBSCRIBE to ``uri``'s presence (RFC 3856); ``buddy_state`` events follow."""
+        pj = self.pj
+        key = self._account_key(cmd)
+        uri = _require(cmd, "uri", str)
+        existing = self.buddies.get((key, uri))
+        if existing is not None:
+            # pjsua refuses a second buddy with the same URI: resubscribe the one we have.
+            existing.subscribePresence(True)
+            return {"account": key, "uri": uri}
+        bcfg = pj.BuddyConfig()
+        bcfg.uri = uri
+        bcfg.subscribe = True
+        buddy = _make_buddy(pj, self, key, uri)
+        buddy.create(self.accounts[key], bcfg)
+        self.buddies[(key, uri)] = buddy
+        return {"account": key, "uri": uri}
+
+    def cmd_unsubscribe_buddy(self, cmd: JsonObj) -> JsonObj:
+        """SUBSCRIBE with Expires: 0 (RFC 6665 §4.1.2.3); the final NOTIFY ends it."""
+        key, uri, buddy = self._buddy(cmd)
+        buddy.subscribePresence(False)
+        return {"account": key, "uri": uri}
+
+    def cmd_buddy_info(self, cmd: JsonObj) -> JsonObj:
+        key, uri, buddy = self._buddy(cmd)
+        return self._buddy_fields(key, uri, buddy)
+
+    def cmd_publish_presence(self, cmd: JsonObj) -> JsonObj:
+        """PUBLISH this account's state (RFC 3903) as PIDF with an RPID activity (RFC 4480)."""
+        pj = self.pj
+        key = self._account_key(cmd)
+        status = cmd.get("status", "online")
+        activity = cmd.get("activity", "unknown")
+        note = cmd.get("note", "")
+        if status not in _STATUSES:
+            raise CommandError(f"status must be one of {_STATUSES}")
+        if activity not in _ACTIVITIES:
+            raise CommandError(f"activity must be one of {_ACTIVITIES}")
+        if not isinstance(note, str):
+            raise CommandError("'note' must be a string")
+        ps = pj.PresenceStatus()
+        ps.status = (
+            pj.PJSUA_BUDDY_STATUS_ONLINE if status == "online" else pj.PJSUA_BUDDY_STATUS_OFFLINE
+        )
+        ps.activity = {
+            "unknown": pj.PJRPID_ACTIVITY_UNKNOWN,
+            "away": pj.PJRPID_ACTIVITY_AWAY,
+            "busy": pj.PJRPID_ACTIVITY_BUSY,
+        }[activity]
+        ps.note = note
+        # Stored first: with publishing already on, this sends the PUBLISH (modify, refresh by
+        # pjsip's publication with SIP-If-Match); otherwise it becomes the initial document.
+        self.accounts[key].setOnlineStatus(ps)
+        acfg = self.account_configs[key]
+        if not acfg.presConfig.publishEnabled:
+            # pjsua starts a publication after a successful registration: modify() re-registers
+            # and the initial PUBLISH carries the status just set.
+            acfg.presConfig.publishEnabled = True
+            self.accounts[key].modify(acfg)
+        return {"account": key, "status": status, "activity": activity}
+
+    def cmd_unpublish(self, cmd: JsonObj) -> JsonObj:
+        """Remove the published state: PUBLISH with Expires: 0 (RFC 3903 §4.4)."""
+        key = self._account_key(cmd)
+        acfg = self.account_configs[key]
+        if not acfg.presConfig.publishEnabled:
+            raise CommandError(f"account {key!r} is not publishing")
+        acfg.presConfig.publishEnabled = False
+        self.accounts[key].modify(acfg)
+        return {"account": key}
+
+    def _buddy(self, cmd: JsonObj) -> tuple[str, str, Any]:
+        key = self._account_key(cmd)
+        uri = _require(cmd, "uri", str)
+        buddy = self.buddies.get((key, uri))
+        if buddy is None:
+            raise CommandError(f"no buddy {uri!r} on account {key!r}")
+        return key, uri, buddy
+
+    def _buddy_fields(self, key: str, uri: str, buddy: Any) -> JsonObj:
+        pj = self.pj
+        info = buddy.getInfo()
+        pres = info.presStatus
+        return {
+            "account": key,
+            "uri": uri,
+            "status": {
+                pj.PJSUA_BUDDY_STATUS_ONLINE: "online",
+                pj.PJSUA_BUDDY_STATUS_OFFLINE: "offline",
+            }.get(int(pres.status), "unknown"),
+            "status_text": str(pres.statusText),
+            "activity": {
+                pj.PJRPID_ACTIVITY_AWAY: "away",
+                pj.PJRPID_ACTIVITY_BUSY: "busy",
+            }.get(int(pres.activity), "unknown"),
+            "note": str(pres.note),
+            # pjsip's names: NULL, SENT, ACCEPTED, PENDING, ACTIVE, TERMINATED, UNKNOWN.
+            "sub_state": str(info.subStateName),
+            "sub_term_reason": str(info.subTermReason),
+            "sub_term_code": int(info.subTermCode),
+        }
 
     def cmd_info(self, cmd: JsonObj) -> JsonObj:
         accounts = {}
@@ -219,9 +358,18 @@ class Controller:
             }
         )
 
+    def on_buddy_state(self, key: str, uri: str) -> None:
+        buddy = self.buddies.get((key, uri))
+        if buddy is None:
+            return  # a callback during create(), before the buddy is stored: state follows
+        self.emit({"event": "buddy_state", **self._buddy_fields(key, uri, buddy)})
+
     # -- lifetime -------------------------------------------------------------------------
 
     def shutdown(self) -> None:
+        # Buddies before accounts, everything before libDestroy (PJSUA2_NOTES.md lifetimes):
+        # dropping the last reference deletes the pjsua buddy.
+        self.buddies.clear()
         for account in self.accounts.values():
             account.shutdown()
         self.accounts.clear()
@@ -254,6 +402,25 @@ def _make_account(pj: Any, controller: Controller, key: str) -> Any:
                 print(f"onRegState failed: {exc!r}", file=sys.stderr)
 
     return RigAccount()
+
+
+def _make_buddy(pj: Any, controller: Controller, key: str, uri: str) -> Any:
+    class RigBuddy(pj.Buddy):  # type: ignore[misc]
+        # Both callbacks report the whole state: presence document (onBuddyState) and
+        # subscription state (onBuddyEvSubState) changes arrive separately.
+        def onBuddyState(self) -> None:
+            try:
+                controller.on_buddy_state(key, uri)
+            except Exception as exc:  # callback boundary: never let it vanish silently
+                print(f"onBuddyState failed: {exc!r}", file=sys.stderr)
+
+        def onBuddyEvSubState(self, prm: Any) -> None:
+            try:
+                controller.on_buddy_state(key, uri)
+            except Exception as exc:  # callback boundary: never let it vanish silently
+                print(f"onBuddyEvSubState failed: {exc!r}", file=sys.stderr)
+
+    return RigBuddy()
 
 
 def serve(controller: Controller, stdin_fd: int, *, max_lifetime: float) -> None:

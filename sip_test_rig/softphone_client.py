@@ -262,3 +262,70 @@ class Softphone:
 
     def info(self) -> Event:
         return self.request("info")
+
+    # -- presence -------------------------------------------------------------------------
+
+    def subscribe_buddy(self, uri: str, account: str | None = None) -> Event:
+        """SUBSCRIBE to ``uri``'s presence; wait for it with ``wait_buddy_state``.
+
+        The account must have been registered with ``proxy=True`` unless ``uri`` names the
+        server by address.
+        """
+        return self.request("subscribe_buddy", uri=uri, **_account(account))
+
+    def unsubscribe_buddy(self, uri: str, account: str | None = None) -> Event:
+        return self.request("unsubscribe_buddy", uri=uri, **_account(account))
+
+    def buddy_info(self, uri: str, account: str | None = None) -> Event:
+        """The buddy's current state, in the fields of a ``buddy_state`` event."""
+        return self.request("buddy_info", uri=uri, **_account(account))
+
+    def publish_presence(
+        self,
+        *,
+        status: str = "online",
+        activity: str = "unknown",
+        note: str = "",
+        account: str | None = None,
+    ) -> Event:
+        """PUBLISH ``status`` (online/offline) with an RPID ``activity`` (unknown/away/busy)."""
+        return self.request(
+            "publish_presence", status=status, activity=activity, note=note, **_account(account)
+        )
+
+    def unpublish(self, account: str | None = None) -> Event:
+        return self.request("unpublish", **_account(account))
+
+    def wait_buddy_state(
+        self,
+        *,
+        uri: str | None = None,
+        status: str | None = None,
+        activity: str | None = None,
+        note: str | None = None,
+        sub_state: str | None = None,
+        timeout: float = 10.0,
+    ) -> Event:
+        """Wait for a ``buddy_state`` event with the given fields (None = any).
+
+        A buddy reports several intermediate states (sub_state SENT, ACCEPTED, ACTIVE; status
+        unknown before the first NOTIFY) before the one wanted; those stay pending, in order,
+        for later waits (``history`` keeps them all).
+        """
+
+        def match(e: Event) -> bool:
+            return (
+                e.get("event") == "buddy_state"
+                and (uri is None or e.get("uri") == uri)
+                and (status is None or e.get("status") == status)
+                and (activity is None or e.get("activity") == activity)
+                and (note is None or e.get("note") == note)
+                and (sub_state is None or e.get("sub_state") == sub_state)
+            )
+
+        return self.wait_event(match, timeout)
+
+
+def _account(account: str | None) -> dict[str, Any]:
+    # dict[str, Any], not dict[str, str]: it is splatted next to request()'s float timeout.
+    return {} if account is None else {"account": account}

@@ -24,11 +24,13 @@ from ucgate.registrar.accounts import AccountDirectory, AccountKind
 from ucgate.sip.auth_gate import DigestGate
 from ucgate.sip.dialog import next_hop
 from ucgate.sip.errors import RemoteProtocolError
+from ucgate.sip.fields import call_id, from_, to
 from ucgate.sip.message import Request, Response
 from ucgate.sip.peer import Peer, TransportKind
 from ucgate.sip.publication import PublicationExpired, PublicationTable
 from ucgate.sip.subscription import (
     NotifyDue,
+    Subscription,
     SubscriptionTable,
     SubscriptionTerminated,
 )
@@ -163,19 +165,30 @@ class PresenceSipServer:
         return uri.user
 
     async def _subscribe(self, req: Request, peer: Peer, now: float) -> tuple[Response, str | None]:
-        who = self.gate.check(req, now)
-        if isinstance(who, Response):
-            return who, None
-        account = self.accounts.get(who.username)
+        existing = self._dialog_subscription(req)
+        if existing is not None and self._same_source(existing.id, peer):
+            watcher = existing.watcher
+        else:
+            who = self.gate.check(req, now)
+            if isinstance(who, Response):
+                return who, None
+            watcher = who.username
+        account = self.accounts.get(watcher)
         # RFC 3856 §6.6: authorisation is local policy. Ours: agents of this domain and
         # configured application accounts may watch; trunks (PBXs) may not.
         if account is None or account.kind not in (AccountKind.AGENT, AccountKind.APPLICATION):
             return make_response(req, 403, "Not allowed to watch", to_tag=self._to_tag()), None
-        agent = self._presentity(req)
-        aor = f"sip:{agent}@{self.domain}"
+        if to(req).tag is not None:
+            # In-dialog (refresh/unsubscribe): the Request-URI is our Contact, the resource
+            # is the dialog's; an unknown dialog is the table's 481 (RFC 6665 §4.1.2.2).
+            aor = existing.resource if existing is not None else None
+            agent = aor[4:].split("@", 1)[0] if aor is not None else ""
+        else:
+            agent = self._presentity(req)
+            aor = f"sip:{agent}@{self.domain}"
         outcome = self.subs.on_subscribe(
             req,
-            watcher=who.username,
+            watcher=watcher,
             now=now,
             resource=aor,
             over_tls=peer.kind in (TransportKind.TLS, TransportKind.WSS),
@@ -200,6 +213,24 @@ class PresenceSipServer:
             if doc is not None:
                 self._docs[agent] = doc
         return resp, sub.id
+
+    def _dialog_subscription(self, req: Request) -> Subscription | None:
+        """The subscription an in-dialog SUBSCRIBE (refresh or unsubscribe) belongs to."""
+        to_tag = to(req).tag
+        if to_tag is None:
+            return None
+        return self.subs.find_by_dialog(call_id(req), to_tag, from_(req).tag)
+
+    def _same_source(self, sub_id: str, peer: Peer) -> bool:
+        """Whether a request comes from where the subscription was created.
+
+        Such in-dialog requests need no new challenge: the dialog was created by an
+        authenticated SUBSCRIBE, its Call-ID and tags carry enough randomness (§19.3) that
+        guessing them off-path is impractical, and many UAs (sipp among them) do not
+        re-authenticate refreshes. Anything else is challenged (§22.1 allows either).
+        """
+        first = self._peers.get(sub_id)
+        return first is not None and first.host == peer.host and first.kind is peer.kind
 
     async def _publish(self, req: Request, now: float) -> Response:
         who = self.gate.check(req, now)

@@ -41,9 +41,12 @@ after an outage (it reconnects with exponential backoff). If the entries it miss
 trimmed meanwhile (a version jump), or Redis lost its data (the stream's tail went back),
 every local subscriber gets :class:`SubscriptionLagged` and resynchronises from a snapshot.
 
-Bounded waiting: every call runs under ``asyncio.timeout(timeout)`` and the clients have
-socket timeouts and no retries of their own, so a stopped or paused Redis raises
-:class:`StoreUnavailable` after at most ``timeout`` seconds.
+Bounded waiting: every Redis call runs under ``asyncio.timeout(timeout)`` and the clients
+have socket timeouts and no retries of their own, so a stopped or paused Redis raises
+:class:`StoreUnavailable` after at most ``timeout`` seconds (twice that if redis-py loses the
+timeout's cancellation, which it sometimes does; the socket timeout still fires). At most
+``max_connections`` calls are in flight; further callers queue in this process first, outside
+the timeout, so a burst (a shift of agents logging in) is slowed down, not failed.
 
 Limits: a single Redis (optionally with Sentinel), not Redis Cluster (the script touches five
 keys that would need one hash slot).
@@ -61,7 +64,7 @@ from dataclasses import replace
 from typing import Any, cast
 
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -136,6 +139,7 @@ class RedisPresenceStore:
         reader_batch: int = 512,
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
+        max_in_flight: int = 32,
     ) -> None:
         if change_log_size < 1:
             raise ValueError("change_log_size must be at least 1")
@@ -155,6 +159,7 @@ class RedisPresenceStore:
         self._backoff_max = backoff_max
         self._commit = client.register_script(_COMMIT_LUA)
         self._fanout = ChangeFanout(max_pending=max_pending)
+        self._in_flight = asyncio.Semaphore(max_in_flight)
         self._locks: dict[str, asyncio.Lock] = {}
         self._lock_users: dict[str, int] = {}
         self._reader_task: asyncio.Task[None] | None = None
@@ -164,21 +169,42 @@ class RedisPresenceStore:
 
     @classmethod
     async def connect(
-        cls, url: str, *, timeout: float = 1.0, block: float = 5.0, **options: Any
+        cls,
+        url: str,
+        *,
+        timeout: float = 1.0,
+        block: float = 5.0,
+        max_connections: int = 32,
+        **options: Any,
     ) -> RedisPresenceStore:
-        """Connect to ``url``, check it answers, start the reader; StoreUnavailable if not."""
+        """Connect to ``url``, check it answers, start the reader; StoreUnavailable if not.
+
+        At most ``max_connections`` commands are in flight; more callers queue in this
+        process (see :meth:`_io`) instead of failing with "Too many connections", which is
+        what redis-py's default pool does past 100 (an agent shift logging in at once).
+        """
         common: dict[str, Any] = {
             "decode_responses": True,
             "socket_connect_timeout": timeout,
             # Our own timeouts bound each call; client-side retries would multiply them.
             "retry": Retry(NoBackoff(), 0),
         }
-        client = Redis.from_url(url, socket_timeout=timeout, **common)
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=timeout, socket_timeout=timeout, **common
+        )
+        client = Redis.from_pool(pool)
         # XREAD BLOCK holds its connection for up to `block` seconds by design.
         reader = Redis.from_url(
             url, socket_timeout=block + timeout, client_name=READER_CLIENT_NAME, **common
         )
-        store = cls(client, reader, timeout=timeout, block=block, **options)
+        store = cls(
+            client,
+            reader,
+            timeout=timeout,
+            block=block,
+            max_in_flight=max_connections,
+            **options,
+        )
         try:
             await store.start()
         except StoreUnavailable:
@@ -395,12 +421,15 @@ class RedisPresenceStore:
 
     @asynccontextmanager
     async def _io(self, operation: str) -> AsyncIterator[None]:
-        try:
-            async with asyncio.timeout(self._timeout):
-                yield
-        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
-            log.warning("presence.redis_unavailable", operation=operation, error=str(exc))
-            raise StoreUnavailable(f"redis {operation} failed: {exc!s}") from exc
+        # The queue for a slot is in-process and not under the timeout: the timeout is for
+        # Redis answering, and a burst of local callers must not turn into errors.
+        async with self._in_flight:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    yield
+            except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+                log.warning("presence.redis_unavailable", operation=operation, error=str(exc))
+                raise StoreUnavailable(f"redis {operation} failed: {exc!s}") from exc
 
     @asynccontextmanager
     async def _agent_lock(self, agent: str) -> AsyncIterator[None]:
