@@ -114,6 +114,7 @@ class PresenceSipServer:
         self.user_agent = user_agent
         self._to_tag = to_tag
         self._docs: dict[str, PresenceDocument] = {}
+        self._pidf_cache: dict[str, tuple[PresenceDocument, bytes]] = {}
         self._notify_tx: dict[TxKey, str] = {}
         self._peers: dict[str, Peer] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -289,12 +290,18 @@ class PresenceSipServer:
         if doc is None:
             return b"", sub.accept
         if sub.event == "dialog":
-            return dialog_info.render_dialog_info(
-                doc, entity=sub.resource, version=sub.version
-            ), DIALOG_INFO
-        return pidf.render_pidf(doc, entity=sub.resource), PIDF
+            # dialog-info carries a per-watcher version (RFC 4235 §4.1): rendered each time.
+            body = dialog_info.render_dialog_info(doc, entity=sub.resource, version=sub.version)
+            return body, DIALOG_INFO
+        # PIDF is the same for every watcher of one document: render it once per change,
+        # not once per watcher (this is the fan-out hot path).
+        cached = self._pidf_cache.get(agent)
+        if cached is None or cached[0] is not doc:
+            cached = (doc, pidf.render_pidf(doc, entity=sub.resource))
+            self._pidf_cache[agent] = cached
+        return cached[1], PIDF
 
-    def _send_notify(self, sub_id: str, now: float) -> None:
+    def _send_notify(self, sub_id: str, now: float, *, flush: bool = True) -> None:
         body = self._body(sub_id)
         if body is None:
             return
@@ -312,7 +319,7 @@ class PresenceSipServer:
         if peer is None:
             self.subs.on_notify_result(sub_id, 503, now)
             return
-        key = self.runtime.send_request(notify, peer)
+        key = self.runtime.send_request(notify, peer, flush=flush)
         self._notify_tx[key] = sub_id
 
     def _destination(self, sub_id: str, target: str) -> Peer | None:
@@ -384,7 +391,8 @@ class PresenceSipServer:
         now = time.time()
         for sub in self.subs.subscriptions_for(aor):
             if self.subs.want_notify(sub.id, now):
-                self._send_notify(sub.id, now)
+                self._send_notify(sub.id, now, flush=False)
+        self.runtime.pump()
         self._drain_tables()
 
     async def close(self) -> None:

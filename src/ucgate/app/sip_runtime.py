@@ -54,9 +54,12 @@ class SipRuntime:
         self.endpoint.transactions.send_response(key, response, self._loop.time())
         self.pump()
 
-    def send_request(self, request: Request, peer: Peer) -> TxKey:
+    def send_request(self, request: Request, peer: Peer, *, flush: bool = True) -> TxKey:
+        """Start a client transaction. ``flush=False`` lets a fan-out queue many requests
+        and :meth:`pump` once at the end (one drain, one timer re-arm, not one per NOTIFY)."""
         key = self.endpoint.transactions.send_request(request, peer, self._loop.time())
-        self.pump()
+        if flush:
+            self.pump()
         return key
 
     # -- the pump ----------------------------------------------------------------------------
