@@ -47,7 +47,16 @@ class Softphone:
         msg_log: bool = False,
         start_timeout: float = 15.0,
         max_lifetime: float = 900.0,
+        tone: int | None = None,
+        watch: tuple[int, ...] | None = None,
+        codecs: tuple[str, ...] = (),
     ) -> None:
+        """``tone``: Hz this phone plays into every call (``media.DEFAULT_TONES[0]`` if None);
+        ``watch``: Hz its detector looks for; ``codecs``: pjsua codec ids offered, in order
+        (PCMU/8000/1 only if empty)."""
+        self.tone = tone
+        self.watch = watch
+        self.codecs = codecs
         self.python = python
         self.log_level = log_level
         self.msg_log = msg_log
@@ -89,6 +98,12 @@ class Softphone:
         ]
         if self.msg_log:
             args.append("--msg-log")
+        if self.tone is not None:
+            args += ["--tone", str(self.tone)]
+        if self.watch is not None:
+            args += ["--watch", ",".join(str(f) for f in self.watch)]
+        for codec in self.codecs:
+            args += ["--codec", codec]
         self.proc = subprocess.Popen(
             args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env
         )
@@ -324,6 +339,104 @@ class Softphone:
             )
 
         return self.wait_event(match, timeout)
+
+
+    # -- calls ----------------------------------------------------------------------------
+
+    def local_account(self, user: str, **extra: Any) -> tuple[str, str]:
+        """A non-registering account; returns (account key, contact URI to call it directly).
+
+        ``extra``: ``auto_answer`` (status code or None), ``answer_delay_ms``, ``tone``,
+        ``domain``, ``proxy``, ``password``.
+        """
+        reply = self.request("account", user=user, **extra)
+        return str(reply["account"]), str(reply["contact"])
+
+    def make_call(
+        self, uri: str, *, account: str | None = None, headers: dict[str, str] | None = None
+    ) -> int:
+        """INVITE ``uri``; returns the call id used by every other call command and event."""
+        fields: dict[str, Any] = {"uri": uri, **_account(account)}
+        if headers:
+            fields["headers"] = headers
+        return int(self.request("make_call", **fields)["call"])
+
+    def answer(self, call: int, code: int = 200) -> Event:
+        return self.request("answer", call=call, code=code)
+
+    def hangup(self, call: int, code: int = 0) -> Event:
+        return self.request("hangup", call=call, code=code)
+
+    def hold(self, call: int) -> Event:
+        return self.request("hold", call=call)
+
+    def resume(self, call: int) -> Event:
+        return self.request("resume", call=call)
+
+    def transfer(self, call: int, to: str) -> Event:
+        return self.request("transfer", call=call, to=to)
+
+    def transfer_attended(self, call: int, target_call: int) -> Event:
+        return self.request("transfer_attended", call=call, target_call=target_call)
+
+    def dial_dtmf(self, call: int, digits: str, method: str = "rfc4733") -> Event:
+        return self.request("dial_dtmf", call=call, digits=digits, method=method)
+
+    def audio_report(self, call: int) -> Event:
+        return self.request("audio_report", call=call)
+
+    def reset_audio(self, call: int) -> Event:
+        return self.request("reset_audio", call=call)
+
+    def wait_call_event(
+        self, kind: str, call: int | None = None, timeout: float = 10.0, **fields: Any
+    ) -> Event:
+        """Wait for an event named ``kind`` for ``call`` (None = any) whose fields match."""
+
+        def match(e: Event) -> bool:
+            return (
+                e.get("event") == kind
+                and (call is None or e.get("call") == call)
+                and all(e.get(k) == v for k, v in fields.items())
+            )
+
+        return self.wait_event(match, timeout)
+
+    def wait_call_state(self, call: int | None, state: str, timeout: float = 10.0) -> Event:
+        """Wait for ``call`` to reach ``state``; a premature ``disconnected`` fails at once."""
+
+        def match(e: Event) -> bool:
+            return (
+                e.get("event") == "call_state"
+                and (call is None or e.get("call") == call)
+                and (e.get("state") == state or e.get("state") == "disconnected")
+            )
+
+        event = self.wait_event(match, timeout)
+        if event["state"] != state:
+            raise SoftphoneError(f"call {call} ended waiting for {state!r}: {event}")
+        return event
+
+    def wait_incoming(self, timeout: float = 10.0) -> Event:
+        return self.wait_call_event("incoming_call", None, timeout)
+
+    def wait_tone(self, call: int, freq: int, timeout: float = 5.0) -> Event:
+        """Wait until ``call``'s detector has heard ``freq`` for its minimum duration."""
+        return self.wait_call_event("tone_detected", call, timeout, freq=freq)
+
+    def wait_frames(self, call: int, frames: int, timeout: float = 5.0) -> Event:
+        """Poll ``audio_report`` until the detector has seen ``frames`` frames since the last
+        reset (bounded): the observation window for asserting that a tone is *absent*."""
+        deadline = time.monotonic() + timeout
+        while True:
+            report = self.audio_report(call)
+            if int(report["frames"]) >= frames:
+                return report
+            if time.monotonic() >= deadline:
+                raise SoftphoneError(f"only {report['frames']} frames within {timeout}s")
+            # Waiting on our own reader thread for *any* event paces the poll without a sleep.
+            with self._cond:
+                self._cond.wait(0.02)
 
 
 def _account(account: str | None) -> dict[str, Any]:

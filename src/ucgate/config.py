@@ -48,7 +48,11 @@ __all__ = [
     "Agent",
     "ApiKey",
     "AuthConfig",
+    "CallsConfig",
     "ConfigError",
+    "DialRule",
+    "Did",
+    "DidTargetKind",
     "DigestAlgorithm",
     "FieldError",
     "HttpConfig",
@@ -122,6 +126,8 @@ class Scope(enum.StrEnum):
 
     PRESENCE_READ = "presence:read"
     PRESENCE_WRITE = "presence:write"
+    # Read call records (GET /v1/calls); they name callers, so not part of presence:read.
+    CALLS_READ = "calls:read"
     ADMIN = "admin"
 
 
@@ -610,6 +616,94 @@ class Agent(_Credentials):
 class Trunk(_Credentials):
     """A PBX that registers as ``sip:<id>@<sip.domain>`` and exchanges calls with us."""
 
+    # Sources whose requests count as this trunk without a digest challenge (IP
+    # authentication, common with PBXs that cannot answer one). IPs or CIDRs, kept in
+    # network form ("10.0.0.0/24", "127.0.0.1/32"). Empty: digest only.
+    allowed_ips: tuple[str, ...] = ()
+
+    @field_validator("allowed_ips")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        out: list[str] = []
+        for index, text in enumerate(value):
+            try:
+                # strict=True: "10.0.0.1/24" has host bits set and is most likely a typo
+                # for either the host or the network; refuse rather than guess.
+                network = ipaddress.ip_network(text.strip(), strict=True)
+            except ValueError:
+                raise FieldError((index,), "is not an IP address or CIDR network") from None
+            if str(network) in out:
+                raise FieldError((index,), f"duplicates allowed_ips[{out.index(str(network))}]")
+            out.append(str(network))
+        return tuple(out)
+
+
+class DidTargetKind(enum.StrEnum):
+    AGENT = "agent"
+    # Queues come with the sessions issue; the syntax is accepted now.
+    QUEUE = "queue"
+
+
+# "E.164-ish": an optional "+" and 1-15 digits (ITU-T E.164 §6 caps numbers at 15 digits);
+# short internal numbers without "+" are allowed too.
+_DID_NUMBER = re.compile(r"^\+?[0-9]{1,15}$")
+_DIAL_PREFIX = re.compile(r"^\+?[0-9]{0,15}$")
+_TARGET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class Did(BaseModel):
+    """A dialled number a trunk may call (the Request-URI user part), and where it goes."""
+
+    model_config = _MODEL_CONFIG
+
+    number: str
+    # "agent:<agent id>" rings every registered device of that agent;
+    # "queue:<queue id>" hands the call to a queue.
+    target: str
+
+    @field_validator("number")
+    @classmethod
+    def _number(cls, value: str) -> str:
+        if not _DID_NUMBER.match(value):
+            raise ValueError("must be an optional '+' followed by 1-15 digits, e.g. '+15550100'")
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        kind, sep, ident = value.partition(":")
+        if not sep or kind not in {k.value for k in DidTargetKind} or not ident:
+            raise ValueError("must be 'agent:<id>' or 'queue:<id>'")
+        if kind == DidTargetKind.QUEUE and not _TARGET_ID.match(ident):
+            raise ValueError("queue id must be 1-128 of A-Z a-z 0-9 . _ -")
+        return value
+
+    @property
+    def target_kind(self) -> DidTargetKind:
+        return DidTargetKind(self.target.partition(":")[0])
+
+    @property
+    def target_id(self) -> str:
+        return self.target.partition(":")[2]
+
+
+class DialRule(BaseModel):
+    """Numbers starting with ``prefix`` leave through ``trunk``; the longest prefix wins."""
+
+    model_config = _MODEL_CONFIG
+
+    # "+" and digits; "+" alone matches every E.164 number. There is deliberately no
+    # match-everything empty prefix: a catch-all must at least say "+".
+    prefix: str = Field(min_length=1)
+    trunk: str
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not _DIAL_PREFIX.match(value):
+            raise ValueError("must be an optional '+' followed by up to 15 digits, e.g. '+1'")
+        return value
+
 
 class Application(_Credentials):
     """A non-agent SIP account allowed to watch presence (a wallboard, a CRM connector)."""
@@ -660,6 +754,28 @@ class PresenceConfig(BaseModel):
                 raise ValueError(f"{item.name!r} is listed twice")
             seen.add(item.name)
         return value
+
+
+class CallsConfig(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    # Seconds an offered call may ring unanswered. Then every callee leg is CANCELled and
+    # the caller gets 480 Temporarily Unavailable if some device rang (RFC 3261
+    # §21.4.18), or 408 Request Timeout if no device answered at all (§21.4.9).
+    ring_timeout: int = Field(default=30, ge=1, le=600)
+    # After-call work: seconds an agent shows "wrap_up" in presence after a call ends.
+    wrap_up: int = Field(default=30, ge=0, le=3600)
+    # RFC 4028 session timer: Session-Expires we ask for; a call whose refresh does not
+    # arrive in time is ended (BYE), so a vanished phone does not keep a call alive.
+    session_expires: int = Field(default=1800, ge=90, le=86400)
+    # RFC 4028 §5: the smallest Session-Expires we accept (422 below it); never below 90.
+    min_se: int = Field(default=90, ge=90, le=86400)
+
+    @model_validator(mode="after")
+    def _se_not_below_min(self) -> CallsConfig:
+        if self.session_expires < self.min_se:
+            raise FieldError(("session_expires",), f"must be >= min_se ({self.min_se})")
+        return self
 
 
 class ApiKey(BaseModel):
@@ -718,6 +834,9 @@ class UcgateConfig(BaseModel):
     trunks: tuple[Trunk, ...] = ()
     applications: tuple[Application, ...] = ()
     api_keys: tuple[ApiKey, ...] = ()
+    dids: tuple[Did, ...] = ()
+    dial_rules: tuple[DialRule, ...] = ()
+    calls: CallsConfig = Field(default_factory=CallsConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -726,7 +845,7 @@ class UcgateConfig(BaseModel):
         # e.g. the default store.data_dir is anchored at the config file's directory.
         if isinstance(value, Mapping):
             value = dict(value)
-            for section in ("registrar", "auth", "http", "store", "log", "presence"):
+            for section in ("registrar", "auth", "http", "store", "log", "presence", "calls"):
                 value.setdefault(section, {})
         return value
 
@@ -772,7 +891,27 @@ class UcgateConfig(BaseModel):
             first_index = keys.setdefault(api_key.key.get_secret_value(), index)
             if first_index != index:
                 raise FieldError(("api_keys", index, "key"), f"same key as api_keys[{first_index}]")
+        self._check_call_routing(agent_ids)
         return self
+
+    def _check_call_routing(self, agent_ids: set[str]) -> None:
+        numbers: dict[str, int] = {}
+        for index, did in enumerate(self.dids):
+            first = numbers.setdefault(did.number, index)
+            if first != index:
+                raise FieldError(("dids", index, "number"), f"same number as dids[{first}]")
+            if did.target_kind is DidTargetKind.AGENT and did.target_id not in agent_ids:
+                raise FieldError(("dids", index, "target"), f"no agent {did.target_id!r}")
+        trunk_ids = {t.id for t in self.trunks}
+        prefixes: dict[str, int] = {}
+        for index, rule in enumerate(self.dial_rules):
+            first = prefixes.setdefault(rule.prefix, index)
+            if first != index:
+                raise FieldError(
+                    ("dial_rules", index, "prefix"), f"same prefix as dial_rules[{first}]"
+                )
+            if rule.trunk not in trunk_ids:
+                raise FieldError(("dial_rules", index, "trunk"), f"no trunk {rule.trunk!r}")
 
     @property
     def node_id_is_default(self) -> bool:

@@ -244,3 +244,29 @@ def next_hop(dialog: Dialog) -> str:
     if dialog.route_set:
         return dialog.route_set[0]
     return dialog.remote_target
+
+
+def create_ack(
+    dialog: Dialog, cseq_number: int, *, body: bytes = b"", content_type: str | None = None,
+    extra_headers: Iterable[tuple[str, str]] = (),
+) -> Request:
+    """The ACK for a 2xx to our INVITE with CSeq ``cseq_number`` (§13.2.2.4): built like
+    any in-dialog request (route set, remote target) but with the INVITE's CSeq number
+    and without consuming a local sequence number. No Via: the transaction layer adds a
+    fresh branch, the ACK for a 2xx being a transaction of its own (§17.1.1.3)."""
+    if body and content_type is None:
+        raise LocalProtocolError("a body needs a Content-Type (§7.4.1)")
+    request_uri, routes, to_value, from_value = dialog._render()
+    headers = Headers()
+    for route in routes:
+        headers.add("Route", route)
+    headers.add("To", to_value)
+    headers.add("From", from_value)
+    headers.add("Call-ID", dialog.call_id)
+    headers.add("CSeq", f"{cseq_number} ACK")
+    headers.add("Max-Forwards", str(MAX_FORWARDS))
+    for name, value in extra_headers:
+        headers.add(name, value)
+    if content_type is not None:
+        headers.add("Content-Type", content_type)
+    return Request("ACK", request_uri, headers, body)

@@ -297,7 +297,8 @@ class Request:
     version: str = "SIP/2.0"
 
     def __post_init__(self) -> None:
-        if not self.method or any(c.isspace() for c in self.method):
+        # str.split() with no argument splits on any whitespace: one part means none.
+        if not self.method or len(self.method.split()) != 1 or self.method.strip() != self.method:
             raise LocalProtocolError(f"bad method {self.method!r}")
 
     def to_bytes(self) -> bytes:
