@@ -24,6 +24,7 @@ pytestmark = pytest.mark.interop
 ALICE = Account("alice", "alice-Pa55word")
 BOB = Account("bob", "bob-Pa55word")
 PBX = Account("pbx1", "pbx1-Pa55word")
+WALLBOARD = Account("wallboard", "wallboard-Pa55word")
 PIDF_OPEN = (
     b'<?xml version="1.0" encoding="UTF-8"?>'
     b'<presence xmlns="urn:ietf:params:xml:ns:pidf" '
@@ -132,7 +133,9 @@ def put_status(node: UcgateProcess, agent: str, status: str, note: str | None = 
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[UcgateProcess]:
-    n = UcgateProcess(tmp_path / "node", agents=[ALICE, BOB], trunks=[PBX]).start()
+    n = UcgateProcess(
+        tmp_path / "node", agents=[ALICE, BOB], trunks=[PBX], applications=[WALLBOARD]
+    ).start()
     try:
         yield n
     finally:
@@ -197,6 +200,15 @@ def test_fetch_with_expires_zero(node: UcgateProcess) -> None:
         assert w.subscribe("alice", expires=0).status == 200
         n = w.wait_notify(lambda n: True)
         assert state_of(n).startswith("terminated")
+    finally:
+        w.close()
+
+
+def test_application_accounts_may_watch(node: UcgateProcess) -> None:
+    w = Watcher(node, WALLBOARD)
+    try:
+        assert w.subscribe("alice").status == 200
+        assert w.wait_notify(lambda n: True).headers.get("Content-Type") == "application/pidf+xml"
     finally:
         w.close()
 

@@ -32,6 +32,7 @@ def render_config(
     http_port: int,
     agents: Iterable[Account],
     trunks: Iterable[Account] = (),
+    applications: Iterable[Account] = (),
     domain: str = "example.test",
     backend: str = "memory",
     redis_url: str | None = None,
@@ -72,6 +73,8 @@ def render_config(
         lines += ["[[agents]]", f'id = "{a.id}"', f'password = "{a.password}"']
     for t in trunks:
         lines += ["[[trunks]]", f'id = "{t.id}"', f'password = "{t.password}"']
+    for app in applications:
+        lines += ["[[applications]]", f'id = "{app.id}"', f'password = "{app.password}"']
     lines += ["[[api_keys]]", f'key = "{api_key}"', 'scopes = ["admin"]']
     return "\n".join(lines) + "\n"
 
@@ -83,6 +86,7 @@ class UcgateProcess:
     workdir: Path
     agents: list[Account]
     trunks: list[Account] = field(default_factory=list)
+    applications: list[Account] = field(default_factory=list)
     backend: str = "memory"
     redis_url: str | None = None
     persist: bool = True
@@ -107,6 +111,7 @@ class UcgateProcess:
                 http_port=self.http_port,
                 agents=self.agents,
                 trunks=self.trunks,
+                applications=self.applications,
                 backend=self.backend,
                 redis_url=self.redis_url,
                 data_dir=(self.workdir / "data") if self.persist else None,
