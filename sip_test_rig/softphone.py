@@ -63,7 +63,7 @@ import select
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from sip_test_rig.media import DEFAULT_TONES, ToneDetector, vector_bytes
@@ -90,8 +90,6 @@ class CallEntry:
     detector: ToneDetector
     tone_gen: Any = None
     rx_port: Any = None
-    #: Conference slots already wired (tone -> call, call -> detector), to wire once per stream.
-    wired_slots: set[int] = field(default_factory=set)
     ended: bool = False
 
 
@@ -623,7 +621,6 @@ class Controller:
         self.graveyard.append(entry.call)
         entry.tone_gen = None
         entry.rx_port = None
-        entry.wired_slots.clear()
 
     def on_call_media_state(self, entry: CallEntry) -> None:
         pj = self.pj
@@ -653,9 +650,8 @@ class Controller:
         """Tone generator -> call, call -> detector port, both through the conference bridge."""
         pj = self.pj
         aud = entry.call.getAudioMedia(index)
-        slot = int(aud.getPortId())
-        if slot in entry.wired_slots:
-            return
+        # Rewired on every media update: a re-INVITE (hold, resume) may recreate the stream and
+        # its bridge port, dropping earlier connections; startTransmit on a live one is a no-op.
         if entry.tone_gen is None:
             gen = pj.ToneGenerator()
             gen.createToneGenerator(_DETECTOR_CLOCK, 1)
@@ -678,7 +674,6 @@ class Controller:
             entry.rx_port = port
         entry.tone_gen.startTransmit(aud)
         aud.startTransmit(entry.rx_port)
-        entry.wired_slots.add(slot)
 
     def on_dtmf(self, entry: CallEntry, digit: str, method: int) -> None:
         name = "info" if method == self.pj.PJSUA_DTMF_METHOD_SIP_INFO else "rfc4733"
@@ -802,9 +797,9 @@ class Controller:
     def shutdown(self) -> None:
         # Calls and media ports, buddies, then accounts, everything before libDestroy
         # (PJSUA2_NOTES.md lifetimes): dropping the last reference deletes the pjsua object.
-        for entry in self.calls.values():
-            if entry.tone_gen is not None:
-                entry.tone_gen.stop()
+        # No loop variable here: one left bound would keep the last Call alive past libDestroy,
+        # and its destructor then trips an assertion in pjsua (an abort, not an exception).
+        _stop_all([e.tone_gen for e in self.calls.values() if e.tone_gen is not None])
         self.ep.hangupAllCalls()
         self.calls.clear()
         self.graveyard.clear()
@@ -814,6 +809,11 @@ class Controller:
         self.accounts.clear()
         # NO_NETWORK: no unregistration on the way out, ~10 ms instead of ~1 s.
         self.ep.libDestroy(self.pj.PJSUA_DESTROY_NO_NETWORK)
+
+
+def _stop_all(generators: list[Any]) -> None:
+    for gen in generators:
+        gen.stop()
 
 
 def _require(cmd: JsonObj, name: str, kind: type) -> Any:

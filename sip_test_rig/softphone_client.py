@@ -340,7 +340,6 @@ class Softphone:
 
         return self.wait_event(match, timeout)
 
-
     # -- calls ----------------------------------------------------------------------------
 
     def local_account(self, user: str, **extra: Any) -> tuple[str, str]:

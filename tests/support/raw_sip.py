@@ -61,15 +61,26 @@ class RawSipClient:
         assert isinstance(msg, Response), msg
         return msg
 
-    def respond(self, req: Request, status: int, reason: str = "OK") -> None:
-        """Answer a request from the server (a NOTIFY) statelessly (§8.2.6)."""
+    def respond(
+        self,
+        req: Request,
+        status: int,
+        reason: str = "OK",
+        *,
+        to_tag: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        """Answer a request from the server statelessly (§8.2.6)."""
         lines = [f"SIP/2.0 {status} {reason}"]
         for name in ("Via", "From", "To", "Call-ID", "CSeq"):
             for value in req.headers.get_all(name):
                 if name == "To" and "tag=" not in value:
-                    value += ";tag=" + secrets.token_hex(4)
+                    value += ";tag=" + (to_tag or secrets.token_hex(4))
                 lines.append(f"{name}: {value}")
-        self.send(("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode())
+        lines += [f"{n}: {v}" for n, v in headers or []]
+        lines.append(f"Content-Length: {len(body)}")
+        self.send(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
 
     def request(
         self,
@@ -78,17 +89,20 @@ class RawSipClient:
         headers: list[tuple[str, str]],
         *,
         body: bytes = b"",
-    ) -> None:
-        """Send a request with a fresh Via branch; ``headers`` supply the rest."""
+        branch: str | None = None,
+    ) -> str:
+        """Send a request (a fresh Via branch unless ``branch`` is given: a CANCEL reuses
+        its INVITE's, §9.1); ``headers`` supply the rest. Returns the branch."""
+        branch = branch or f"z9hG4bK{secrets.token_hex(6)}"
         lines = [
             f"{method} {uri} SIP/2.0",
-            f"Via: SIP/2.0/{self.kind.upper()} 127.0.0.1:{self.local_port};rport;"
-            f"branch=z9hG4bK{secrets.token_hex(6)}",
+            f"Via: SIP/2.0/{self.kind.upper()} 127.0.0.1:{self.local_port};rport;branch={branch}",
             "Max-Forwards: 70",
             *(f"{n}: {v}" for n, v in headers),
             f"Content-Length: {len(body)}",
         ]
         self.send(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        return branch
 
     def authorize(
         self,

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 class Account:
     id: str
     password: str
+    allowed_ips: tuple[str, ...] = ()
 
 
 def render_config(
@@ -43,6 +44,7 @@ def render_config(
     api_key: str = "admin-test-key",
     tls: tuple[int, Path, Path] | None = None,
     auth_algorithms: tuple[str, ...] = ("MD5", "SHA-256"),
+    tail: str = "",
 ) -> str:
     listen = [f"udp:127.0.0.1:{sip_port}", f"tcp:127.0.0.1:{sip_port}"]
     if tls is not None:
@@ -73,9 +75,13 @@ def render_config(
         lines += ["[[agents]]", f'id = "{a.id}"', f'password = "{a.password}"']
     for t in trunks:
         lines += ["[[trunks]]", f'id = "{t.id}"', f'password = "{t.password}"']
+        if t.allowed_ips:
+            lines.append("allowed_ips = [" + ", ".join(f'"{ip}"' for ip in t.allowed_ips) + "]")
     for app in applications:
         lines += ["[[applications]]", f'id = "{app.id}"', f'password = "{app.password}"']
     lines += ["[[api_keys]]", f'key = "{api_key}"', 'scopes = ["admin"]']
+    if tail:
+        lines.append(tail)
     return "\n".join(lines) + "\n"
 
 
@@ -96,6 +102,7 @@ class UcgateProcess:
     api_key: str = "admin-test-key"
     tls: tuple[int, Path, Path] | None = None
     auth_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
+    tail: str = ""
     proc: subprocess.Popen[bytes] | None = None
     lines: list[dict[str, object]] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
@@ -119,6 +126,7 @@ class UcgateProcess:
                 api_key=self.api_key,
                 tls=self.tls,
                 auth_algorithms=self.auth_algorithms,
+                tail=self.tail,
             )
         )
         with self._cond:

@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 
 from ucgate import __version__
+from ucgate.app.b2bua import CallManager
 from ucgate.app.presence_sip import PresenceSipServer
 from ucgate.app.sip_app import SipApplication, new_tag
 from ucgate.app.sip_runtime import SipRuntime
@@ -93,6 +94,7 @@ class Node:
     presence: PresenceService
     presence_store: PresenceStore
     presence_sip: PresenceSipServer
+    calls: CallManager
     sip_listeners: list[BoundListener]
     http_port: int
     tasks: list[asyncio.Task[None]]
@@ -102,6 +104,7 @@ class Node:
         # every binding we acknowledged.
         await self.hub.close()
         await self.app.drain()
+        await self.calls.close()
         await self.presence_sip.close()
         self.runtime.close()
         for task in self.tasks:
@@ -260,8 +263,17 @@ async def start_node(config: UcgateConfig) -> Node:
         user_agent=config.sip.user_agent,
         to_tag=new_tag,
     )
+    calls = CallManager(
+        runtime=runtime,
+        gate=gate,
+        config=config,
+        locations=store,
+        contact_uri=f"sip:ucgate@{via_host}:{first.port}",
+        node_id=node_id,
+        to_tag=new_tag,
+    )
     app = SipApplication(
-        runtime, registrar, user_agent=config.sip.user_agent, presence=presence_sip
+        runtime, registrar, user_agent=config.sip.user_agent, presence=presence_sip, calls=calls
     )
     runtime.set_handler(app.handle)
     bound = await hub.start(sip_listens)
@@ -301,6 +313,7 @@ async def start_node(config: UcgateConfig) -> Node:
         presence,
         presence_store,
         presence_sip,
+        calls,
         bound,
         http_port,
         tasks,

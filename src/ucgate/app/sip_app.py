@@ -10,21 +10,50 @@ from typing import Any
 
 import structlog
 
+from ucgate.app.b2bua import CallManager
 from ucgate.app.presence_sip import PresenceSipServer
 from ucgate.app.sip_runtime import SipRuntime
 from ucgate.registrar.service import RegistrarService
 from ucgate.sip.errors import RemoteProtocolError
 from ucgate.sip.fields import call_id
-from ucgate.sip.transaction.events import RequestReceived, TransactionEvent
+from ucgate.sip.transaction.events import (
+    AckReceived,
+    CancelReceived,
+    RequestReceived,
+    TransactionEvent,
+)
 from ucgate.sip.uas_checks import check_request, make_response
 
 log = structlog.get_logger(__name__)
 
 # What we serve today; every other method we recognise gets 405 with this Allow list
 # (§8.2.1), methods we do not know get 501.
-ALLOWED_METHODS = frozenset({"REGISTER", "OPTIONS", "SUBSCRIBE", "PUBLISH"})
-SUPPORTED_EXTENSIONS = frozenset({"path", "outbound", "gruu"})
-ACCEPTED_CONTENT_TYPES = frozenset({"application/sdp", "application/pidf+xml"})
+ALLOWED_METHODS = frozenset(
+    {
+        "REGISTER",
+        "OPTIONS",
+        "SUBSCRIBE",
+        "PUBLISH",
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "UPDATE",
+        "INFO",
+        "REFER",
+        "NOTIFY",
+    }
+)
+SUPPORTED_EXTENSIONS = frozenset({"path", "outbound", "gruu", "timer"})
+ACCEPTED_CONTENT_TYPES = frozenset(
+    {
+        "application/sdp",
+        "application/pidf+xml",
+        "application/dtmf-relay",  # SIP INFO DTMF, relayed between legs
+        "application/dtmf",
+        "message/sipfrag",  # NOTIFYs of transfer progress (RFC 3515)
+    }
+)
 
 
 def new_tag() -> str:
@@ -39,19 +68,31 @@ class SipApplication:
         *,
         user_agent: str,
         presence: PresenceSipServer | None = None,
+        calls: CallManager | None = None,
     ) -> None:
         self.runtime = runtime
         self.registrar = registrar
         self.presence = presence
+        self.calls = calls
         self.user_agent = user_agent
         self._tasks: set[asyncio.Task[None]] = set()
 
     def handle(self, event: TransactionEvent) -> None:
         if isinstance(event, RequestReceived):
             self._on_request(event)
-        elif self.presence is not None:
-            # Responses to (and failures of) the NOTIFYs we sent.
-            self.presence.on_transaction_event(event)
+        elif isinstance(event, AckReceived):
+            if self.calls is not None:
+                self.calls.on_ack(event)  # the ACK for a 2xx (§13.2.2.4) is end to end
+        elif isinstance(event, CancelReceived):
+            # The transaction layer answered the CANCEL itself (§9.2); the INVITE's 487 is ours.
+            if self.calls is not None:
+                self.calls.on_cancel(event)
+        else:
+            # Responses to (and failures of) requests we sent: call legs, then NOTIFYs.
+            if self.calls is not None and self.calls.on_transaction_event(event):
+                return
+            if self.presence is not None:
+                self.presence.on_transaction_event(event)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -85,6 +126,11 @@ class SipApplication:
             self._spawn(self._register(ev))
         elif req.method in ("SUBSCRIBE", "PUBLISH") and self.presence is not None:
             self.presence.on_request(ev)
+        elif self.calls is not None and (req.method == "INVITE" or self.calls.owns_request(req)):
+            self.calls.on_request(ev)
+        else:
+            # BYE/UPDATE/INFO/REFER/NOTIFY outside any dialog we know (§12.2.2).
+            self._answer(ev, make_response(req, 481, to_tag=new_tag()))
 
     def _answer(self, ev: RequestReceived, resp: Any) -> None:
         resp.headers.add("Server", self.user_agent)

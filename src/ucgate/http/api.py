@@ -9,7 +9,9 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from ucgate import __version__
+from ucgate.calls.record_store import CallRecordStore
 from ucgate.http.auth import ADMIN, API_KEYS, ApiKeys, require
+from ucgate.http.calls_api import add_calls_routes
 from ucgate.http.openapi import build_openapi
 from ucgate.http.presence_api import (
     PresenceSource,
@@ -67,9 +69,11 @@ def build_app(
     presence: PresenceSource | None = None,
     statuses: Mapping[str, StatusDef] = BUILTIN_STATUSES,
     stream_settings: StreamSettings | None = None,
+    calls: CallRecordStore | None = None,
 ) -> web.Application:
     """The HTTP app. With ``presence`` (a started ``PresenceService``) the /v1/presence
-    routes are mounted; ``statuses`` is the same status table the service was given."""
+    routes are mounted; ``statuses`` is the same status table the service was given.
+    With ``calls`` (a call record store) the /v1/calls routes are mounted."""
     app = web.Application(middlewares=[api_errors])
     app[STORE_KEY] = store
     app[API_KEYS] = api_keys
@@ -80,8 +84,13 @@ def build_app(
         app[STREAM_HUB_KEY] = add_presence_routes(
             app, presence, statuses=statuses, settings=stream_settings
         )
+    if calls is not None:
+        add_calls_routes(app, calls)
     document = build_openapi(
-        version=__version__, presence=presence is not None, statuses=list(statuses)
+        version=__version__,
+        presence=presence is not None,
+        statuses=list(statuses),
+        calls=calls is not None,
     )
     app[OPENAPI_KEY] = json.dumps(document, indent=1).encode()
     return app

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from ucgate.http.auth import ADMIN, PRESENCE_READ, PRESENCE_WRITE, QUERY_TOKEN
+from ucgate.http.calls_api import CALLS_READ, CallList, CallRecordOut, CallsQuery
 from ucgate.http.schemas import (
     ChangeEvent,
     ErrorBody,
@@ -45,11 +46,11 @@ _MODELS: tuple[type[BaseModel], ...] = (
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 _DESCRIPTION = """\
-ucgate's HTTP API: registrations and agent presence.
+ucgate's HTTP API: registrations, agent presence and call records.
 
 **Authentication.** Every `/v1` route takes an API key as `Authorization: Bearer <key>`.
-Keys carry scopes (`presence:read`, `presence:write`, `admin`; `admin` implies the
-others); a key may also belong to one agent, which lets it set that agent's own status.
+Keys carry scopes (`presence:read`, `presence:write`, `calls:read`, `admin`; `admin`
+implies the others); a key may also belong to one agent, which lets it set that agent's own status.
 Without a valid key the answer is 401, without the scope 403.
 
 Browsers cannot set headers on `EventSource` or `WebSocket` requests, so
@@ -140,13 +141,19 @@ def _operation(
 
 
 def build_openapi(
-    *, version: str, presence: bool = True, statuses: Iterable[str] = ()
+    *,
+    version: str,
+    presence: bool = True,
+    statuses: Iterable[str] = (),
+    calls: bool = False,
 ) -> dict[str, Any]:
-    """The document for an app with (``presence=True``) or without the presence routes.
+    """The document for an app with (``presence=True``) or without the presence routes,
+    and with (``calls=True``) or without the call-record routes.
 
     ``statuses`` are the manual statuses ``PUT .../status`` accepts (builtin + custom).
     """
-    _, defs = models_json_schema([(m, "validation") for m in _MODELS], ref_template=_REF)
+    models = _MODELS + ((CallList, CallRecordOut) if calls else ())
+    _, defs = models_json_schema([(m, "validation") for m in models], ref_template=_REF)
     schemas: dict[str, Any] = copy.deepcopy(defs["$defs"])
     known = list(statuses)
     if known:
@@ -183,6 +190,8 @@ def build_openapi(
     }
     if presence:
         paths.update(_presence_paths())
+    if calls:
+        paths.update(_calls_paths())
 
     return {
         "openapi": "3.1.0",
@@ -303,6 +312,50 @@ def _presence_paths() -> dict[str, Any]:
                 errors={
                     "422": "`since` or `Last-Event-ID` is not a version.",
                     "503": "The server is shutting down.",
+                },
+            )
+        },
+    }
+
+
+def _calls_paths() -> dict[str, Any]:
+    scopes = (CALLS_READ,)
+    return {
+        "/v1/calls": {
+            "get": _operation(
+                "listCalls",
+                "Call records, newest first",
+                description="Each record has its legs, its events (offered, ringing, "
+                "answered, hold_start, hold_end, transferred, leg_ended, ended, "
+                "wrap_up_ended) and the ring, talk, hold, wrap-up and handle seconds "
+                "derived from them. Page with `cursor` = the previous `next_cursor`.",
+                scopes=scopes,
+                parameters=_query_parameters(CallsQuery),
+                ok=_json(_ref(CallList), "One page of records."),
+                errors={
+                    "422": "A parameter is invalid (`field` names it); `limit` is 1-1000.",
+                    "503": "The call record store is unavailable.",
+                },
+            )
+        },
+        "/v1/calls/{id}": {
+            "get": _operation(
+                "getCall",
+                "One call record",
+                scopes=scopes,
+                parameters=[
+                    {
+                        "name": "id",
+                        "in": "path",
+                        "required": True,
+                        "description": "The call id (`id` of a record).",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                ok=_json(_ref(CallRecordOut), "The record."),
+                errors={
+                    "404": "No such call.",
+                    "503": "The call record store is unavailable.",
                 },
             )
         },

@@ -1,0 +1,738 @@
+"""The B2BUA: every call is two (or, while forking, more) independent SIP legs.
+
+Glue only. Each leg is a sans-IO :class:`InviteServerSession` (toward the caller) or
+:class:`InviteClientSession` (toward one callee device); routing is the pure
+:func:`ucgate.calls.routing.route_call`. This class authenticates new INVITEs, forks them
+to every registered device of the callee (parallel ringing: the first 2xx wins, the
+others are CANCELled), relays in-dialog requests (re-INVITE/UPDATE for hold and resume,
+INFO for DTMF, BYE) from one leg to the other, keeps one timer per leg, and tells the
+observers (presence, call records) what happened.
+
+SDP is passed through unchanged (media flows between the endpoints); the media anchor of
+the WebRTC work plugs in where the SDP crosses from one leg to the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from ucgate.app.sip_runtime import SipRuntime
+from ucgate.calls.routing import (
+    CallerKind,
+    RouteKind,
+    classify_caller,
+    no_answer_status,
+    route_call,
+)
+from ucgate.config import UcgateConfig
+from ucgate.sip.auth_gate import DigestGate
+from ucgate.sip.errors import LocalProtocolError, RemoteProtocolError
+from ucgate.sip.fields import call_id, from_, to
+from ucgate.sip.invite_session import (
+    AckTimedOut,
+    Answered,
+    InfoReceived,
+    InviteClientSession,
+    InviteServerSession,
+    NotifyReceived,
+    OptionsReceived,
+    ReferReceived,
+    RefreshDue,
+    ReInviteReceived,
+    Rejected,
+    RequestAnswered,
+    ResponseRetransmissionDue,
+    Ringing,
+    SessionConfig,
+    SessionExpired,
+    SessionTerminated,
+    UpdateReceived,
+    error_response,
+)
+from ucgate.sip.message import Request, Response
+from ucgate.sip.peer import Peer, TransportKind
+from ucgate.sip.sdp import parse_sdp
+from ucgate.sip.transaction.events import (
+    AckReceived,
+    CancelReceived,
+    RequestReceived,
+    ResponseReceived,
+    TransactionEvent,
+    TransactionTimedOut,
+    TransportErrorOccurred,
+)
+from ucgate.sip.transaction.key import TxKey, server_key
+from ucgate.sip.uas_checks import make_response
+from ucgate.sip.uri import SipUri, parse_uri
+from ucgate.store.location import Binding, LocationStore, StoreUnavailable
+
+log = structlog.get_logger(__name__)
+
+Session = InviteServerSession | InviteClientSession
+# Headers a B2BUA carries from the caller's INVITE to the callee's: click-to-call
+# session ids and IVR context (RFC 7433 User-to-User) must reach the agent.
+PASS_HEADERS = ("User-to-User", "X-UCGate-Session", "Alert-Info", "Subject")
+
+
+@dataclass(frozen=True, slots=True)
+class CallObserved:
+    """What observers (presence, call records) learn: ``kind`` is one of offered,
+    ringing, answered, hold_start, hold_end, ended; ``agents`` are the agents on the
+    call's legs; ``reason`` is set on ended."""
+
+    call_id: str
+    kind: str
+    at: float
+    caller: str
+    callee: str
+    agents: tuple[str, ...]
+    direction: str
+    reason: str | None = None
+    dialog: tuple[str, str, str] | None = None
+
+
+Observer = Callable[[CallObserved], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class Leg:
+    name: str
+    session: Session
+    peer: Peer
+    agent: str | None = None
+    invite_key: TxKey | None = None
+    timer: asyncio.TimerHandle | None = None
+    timer_at: float | None = None
+
+
+@dataclass(eq=False)
+class Call:
+    id: str
+    a: Leg
+    caller: str
+    callee: str
+    direction: str
+    forks: list[Leg] = field(default_factory=list)
+    b: Leg | None = None
+    rang: bool = False
+    provisional_sent: int = 0
+    last_failure: int | None = None
+    ended: bool = False
+    held: bool = False
+    ring_timer: asyncio.TimerHandle | None = None
+    agents: tuple[str, ...] = ()
+
+    def legs(self) -> list[Leg]:
+        legs = [self.a, *self.forks]
+        if self.b is not None and self.b not in legs:
+            legs.append(self.b)
+        return legs
+
+    def other(self, leg: Leg) -> Leg | None:
+        if leg is self.a:
+            return self.b
+        return self.a if leg is self.b else None
+
+
+@dataclass(eq=False)
+class Relay:
+    """An in-dialog request from one leg waiting for the other leg's answer."""
+
+    origin: Leg
+    request: Request
+    key: TxKey
+
+
+def peer_from_source(source: str, flow: str | None, node_id: str) -> Peer | None:
+    """The transport address a binding was registered from ("udp:host:port")."""
+    kind_text, _, rest = source.partition(":")
+    host, _, port = rest.rpartition(":")
+    try:
+        kind = TransportKind(kind_text)
+        number = int(port)
+    except ValueError:
+        return None
+    flow_id = None
+    if flow is not None:
+        owner, _, fid = flow.partition("/")
+        # A connection lives on the node that accepted it (RFC 5626 flows are per edge).
+        if owner == node_id and fid.isdigit():
+            flow_id = int(fid)
+    return Peer(kind, host.strip("[]"), number, flow_id)
+
+
+class CallManager:
+    def __init__(
+        self,
+        *,
+        runtime: SipRuntime,
+        gate: DigestGate,
+        config: UcgateConfig,
+        locations: LocationStore,
+        contact_uri: str,
+        node_id: str,
+        to_tag: Callable[[], str],
+    ) -> None:
+        self.runtime = runtime
+        self.gate = gate
+        self.config = config
+        self.locations = locations
+        self.contact_uri = contact_uri
+        self.node_id = node_id
+        self._to_tag = to_tag
+        self.domain = config.sip.domain.lower()
+        self.agents = frozenset(a.id for a in config.agents)
+        self.session_config = SessionConfig(
+            t1=config.sip.t1,
+            t2=config.sip.t2,
+            session_expires=config.calls.session_expires,
+            min_se=config.calls.min_se,
+        )
+        self.observers: list[Observer] = []
+        self._loop = asyncio.get_running_loop()
+        self._ids = itertools.count(1)
+        self._by_dialog: dict[tuple[str, str], tuple[Call, Leg]] = {}
+        self._by_server_invite: dict[TxKey, tuple[Call, Leg]] = {}
+        self._by_client_key: dict[TxKey, tuple[Call, Leg]] = {}
+        self._relays: dict[TxKey, Relay] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.calls: dict[str, Call] = {}
+
+    # -- entry points from the SIP application ------------------------------------------------
+    def owns_request(self, req: Request) -> bool:
+        """In-dialog requests of our calls (BYE, re-INVITE, UPDATE, INFO, REFER, …)."""
+        try:
+            tag = to(req).tag
+            if tag is None:
+                return False
+            return (call_id(req), tag) in self._by_dialog
+        except RemoteProtocolError:
+            return False
+
+    def on_request(self, ev: RequestReceived) -> None:
+        req = ev.request
+        if req.method == "INVITE" and to(req).tag is None:
+            self._spawn(self._new_call(ev))
+            return
+        found = self._by_dialog.get((call_id(req), to(req).tag or ""))
+        if found is None:
+            self.runtime.send_response(ev.key, make_response(req, 481, to_tag=self._to_tag()))
+            return
+        call, leg = found
+        with structlog.contextvars.bound_contextvars(call_id=call.id):
+            resp = leg.session.on_request(req, self.now())
+            if resp is not None:
+                self.runtime.send_response(ev.key, resp)
+            self._drain(call, leg)
+
+    def on_ack(self, ev: AckReceived) -> None:
+        try:
+            found = self._by_dialog.get((call_id(ev.request), to(ev.request).tag or ""))
+        except RemoteProtocolError:
+            return
+        if found is None:
+            return
+        call, leg = found
+        leg.session.on_ack(ev.request, self.now())
+        self._drain(call, leg)
+
+    def on_cancel(self, ev: CancelReceived) -> bool:
+        if ev.invite_key is None:
+            return False
+        found = self._by_server_invite.get(ev.invite_key)
+        if found is None:
+            return False
+        call, leg = found
+        assert isinstance(leg.session, InviteServerSession)
+        resp = leg.session.on_cancel(self.now())
+        if resp is not None:
+            self.runtime.send_response(ev.invite_key, resp)
+            self._cancel_forks(call, keep=None)
+        self._drain(call, leg)
+        return True
+
+    def on_transaction_event(self, ev: TransactionEvent) -> bool:
+        """Responses on our client transactions; False when the event is not ours."""
+        if isinstance(ev, ResponseReceived):
+            resp = ev.response
+        elif isinstance(ev, TransactionTimedOut | TransportErrorOccurred):
+            if ev.response is None:
+                return False
+            resp = ev.response
+        else:
+            return False
+        found = self._by_client_key.get(ev.key)
+        if found is None:
+            return False
+        call, leg = found
+        if resp.status >= 200:
+            del self._by_client_key[ev.key]
+        with structlog.contextvars.bound_contextvars(call_id=call.id):
+            for out in leg.session.on_response(resp, self.now()):
+                self._send(call, leg, out)
+            relay = self._relays.pop(ev.key, None) if resp.status >= 200 else None
+            self._drain(call, leg, relay=relay)
+        return True
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    # -- new calls --------------------------------------------------------------------------------
+    async def _new_call(self, ev: RequestReceived) -> None:
+        req = ev.request
+        try:
+            await self._route_new(ev)
+        except StoreUnavailable:
+            resp = make_response(req, 503, to_tag=self._to_tag())
+            resp.headers.add("Retry-After", "5")
+            self.runtime.send_response(ev.key, resp)
+        except RemoteProtocolError as exc:
+            resp = error_response(req, exc, to_tag=self._to_tag()) or make_response(
+                req, exc.status or 400, exc.reason[:100], to_tag=self._to_tag()
+            )
+            self.runtime.send_response(ev.key, resp)
+
+    async def _route_new(self, ev: RequestReceived) -> None:
+        req = ev.request
+        uri = parse_uri(req.uri)
+        if not isinstance(uri, SipUri) or uri.user is None:
+            raise RemoteProtocolError("Request-URI names nobody", 404)
+        claimed = from_(req).uri
+        claimed_user = claimed.user if isinstance(claimed, SipUri) else None
+        trunks = self.config.trunks
+        caller = classify_caller(ev.peer.host, None, trunks, self.agents, claimed_user=claimed_user)
+        if caller.kind is not CallerKind.TRUNK:
+            # Not a trunk by address: the caller must prove who it is (RFC 3261 §22);
+            # no unauthenticated call ever reaches a trunk (toll fraud).
+            who = self.gate.check(req, time.time())
+            if isinstance(who, Response):
+                self.runtime.send_response(ev.key, who)
+                return
+            caller = classify_caller(ev.peer.host, who.username, trunks, self.agents)
+        route = route_call(
+            caller,
+            uri.user,
+            dids=self.config.dids,
+            dial_rules=self.config.dial_rules,
+            agents=self.agents,
+        )
+        if route.kind is RouteKind.REFUSED or route.kind is RouteKind.CHALLENGE:
+            status = route.status or 403
+            self.runtime.send_response(
+                ev.key, make_response(req, status, route.reason or None, to_tag=self._to_tag())
+            )
+            return
+        if route.kind is not RouteKind.AGENT and route.kind is not RouteKind.TRUNK:
+            # Queues arrive with the omnichannel sessions work.
+            self.runtime.send_response(
+                ev.key, make_response(req, 480, "Queues not available yet", to_tag=self._to_tag())
+            )
+            return
+        assert route.id is not None
+        now = self.now()
+        session = InviteServerSession.from_invite(
+            req, self._to_tag(), now, contact=self.contact_uri, config=self.session_config
+        )
+        if req.body:
+            parse_sdp(req.body)  # 488 before anything rings (RFC 3261 §13.3.1.2)
+        cid = f"{self.node_id}-{next(self._ids)}-{secrets.token_hex(3)}"
+        a_agent = caller.id if caller.kind is CallerKind.AGENT else None
+        a = Leg("a", session, ev.peer, agent=a_agent, invite_key=ev.key)
+        callee_aor = f"sip:{route.id}@{self.domain}"
+        direction = (
+            "inbound"
+            if caller.kind is CallerKind.TRUNK
+            else ("outbound" if route.kind is RouteKind.TRUNK else "internal")
+        )
+        call = Call(cid, a, caller=str(claimed), callee=callee_aor, direction=direction)
+        self.calls[cid] = call
+        self._index_server(call, a)
+        self._by_server_invite[ev.key] = (call, a)
+        with structlog.contextvars.bound_contextvars(call_id=cid):
+            bindings = await self.locations.lookup(callee_aor, time.time())
+            if not bindings:
+                log.info("call.unavailable", callee=callee_aor)
+                self._reject(call, 480, "Temporarily Unavailable")
+                return
+            b_agent = route.id if route.kind is RouteKind.AGENT else None
+            call.agents = tuple(x for x in (a_agent, b_agent) if x is not None)
+            log.info("call.offered", caller=call.caller, callee=callee_aor, forks=len(bindings))
+            await self._observe(call, "offered")
+            for index, binding in enumerate(bindings):
+                self._fork(call, index, binding, uri.user, route.kind, b_agent)
+            if not call.forks:
+                self._reject(call, 480, "No reachable device")
+                return
+            call.ring_timer = self._loop.call_later(
+                self.config.calls.ring_timeout, self._ring_timeout, call
+            )
+
+    def _fork(
+        self,
+        call: Call,
+        index: int,
+        binding: Binding,
+        dialled: str,
+        kind: RouteKind,
+        agent: str | None,
+    ) -> None:
+        peer = peer_from_source(binding.source, binding.flow, self.node_id)
+        if peer is None:
+            return
+        target = binding.contact
+        if kind is RouteKind.TRUNK:
+            # Out through the trunk's registered contact, with the dialled number as the
+            # user part (what a PBX routes on).
+            contact = parse_uri(binding.contact)
+            if isinstance(contact, SipUri):
+                target = str(contact.replace(user=dialled))
+        a_session = call.a.session
+        assert isinstance(a_session, InviteServerSession)
+        invite = a_session.invite
+        session = InviteClientSession(contact=self.contact_uri, config=self.session_config)
+        extra = [(n, v) for n in PASS_HEADERS for v in invite.headers.get_all(n)]
+        caller = from_(invite)
+        request = session.create_invite(
+            target,
+            f'"{caller.display_name}" <{caller.uri}>' if caller.display_name else f"<{caller.uri}>",
+            f"<{call.callee}>",
+            invite.body or None,
+            self.now(),
+            extra_headers=extra,
+        )
+        leg = Leg(f"b{index}", session, peer, agent=agent)
+        call.forks.append(leg)
+        leg.invite_key = self.runtime.send_request(request, peer)
+        self._by_client_key[leg.invite_key] = (call, leg)
+        self._by_dialog[(session.call_id, session.local_tag)] = (call, leg)
+
+    def _index_server(self, call: Call, leg: Leg) -> None:
+        dialog = leg.session.dialog
+        assert dialog is not None
+        self._by_dialog[(dialog.call_id, dialog.local_tag)] = (call, leg)
+
+    # -- sending ----------------------------------------------------------------------------------
+    def _destination(self, leg: Leg) -> Peer:
+        """Where a leg's requests go: the address its device is known to be reachable at.
+
+        The caller's leg uses the INVITE's source (on a stream, that very connection,
+        RFC 5626 flow reuse); a callee's leg the source its registration came from. Both
+        beat the Contact URI for phones behind NAT, which is the common case here.
+        """
+        return leg.peer
+
+    def _send(self, call: Call, leg: Leg, req: Request) -> None:
+        key = self.runtime.send_request(req, self._destination(leg))
+        if req.method != "ACK":
+            self._by_client_key[key] = (call, leg)
+
+    def _send_in_dialog(self, call: Call, leg: Leg, req: Request) -> TxKey:
+        key = self.runtime.send_request(req, self._destination(leg))
+        self._by_client_key[key] = (call, leg)
+        return key
+
+    # -- the event pump of one leg ----------------------------------------------------------------
+    def _drain(self, call: Call, leg: Leg, *, relay: Relay | None = None) -> None:
+        now = self.now()
+        while (event := leg.session.next_event()) is not None:
+            self._on_event(call, leg, event, now, relay)
+        self._arm(call, leg)
+
+    def _on_event(
+        self, call: Call, leg: Leg, event: object, now: float, relay: Relay | None
+    ) -> None:
+        if isinstance(event, Ringing):
+            self._on_ringing(call, leg, event)
+        elif isinstance(event, Answered):
+            self._on_answered(call, leg, event)
+        elif isinstance(event, Rejected):
+            self._on_fork_failed(call, leg, event.status)
+        elif isinstance(event, SessionTerminated):
+            self._on_terminated(call, leg, event.reason)
+        elif isinstance(event, ResponseRetransmissionDue):
+            # The transaction may be gone (Timer L); then the ACK timeout ends the call.
+            with contextlib.suppress(LocalProtocolError):
+                self.runtime.send_response(server_key(event.request), event.response)
+        elif isinstance(event, AckTimedOut | SessionExpired):
+            log.info("call.dead", leg=leg.name, why=type(event).__name__)
+            self._hangup(call, f"{type(event).__name__}")
+        elif isinstance(event, ReInviteReceived | UpdateReceived):
+            self._relay(call, leg, event.request)
+            self._track_hold(call, event.request.body)
+        elif isinstance(event, InfoReceived):
+            self._relay(call, leg, event.request)
+        elif isinstance(event, OptionsReceived | NotifyReceived):
+            self._respond(leg, event.request, 200)
+        elif isinstance(event, ReferReceived):
+            # Transfers come next; say so instead of pretending (RFC 3515 §2.4.2).
+            self._respond(leg, event.request, 501)
+        elif isinstance(event, RequestAnswered):
+            if relay is not None:
+                self._answer_relay(relay, event)
+        elif isinstance(event, RefreshDue):
+            with_suppressed_local(
+                lambda: self._send_in_dialog(
+                    call, leg, leg.session.create_request("UPDATE", now=now)
+                )
+            )
+
+    def _respond(self, leg: Leg, req: Request, status: int) -> None:
+        resp = leg.session.respond(req, status, now=self.now())
+        self.runtime.send_response(server_key(req), resp)
+
+    def _relay(self, call: Call, leg: Leg, req: Request) -> None:
+        other = call.other(leg)
+        if other is None or other.session.terminated:
+            self._respond(leg, req, 481 if other is None else 487)
+            return
+        ctype = req.headers.get("Content-Type")
+        try:
+            out = other.session.create_request(
+                req.method, body=req.body, content_type=ctype if req.body else None, now=self.now()
+            )
+        except LocalProtocolError:
+            self._respond(leg, req, 491)
+            return
+        key = self._send_in_dialog(call, other, out)
+        self._relays[key] = Relay(leg, req, server_key(req))
+
+    def _answer_relay(self, relay: Relay, event: RequestAnswered) -> None:
+        sdp = event.response.body if event.sdp is not None and event.status < 300 else None
+        body = b"" if sdp is not None else event.response.body
+        ctype = event.response.headers.get("Content-Type") if body else None
+        try:
+            resp = relay.origin.session.respond(
+                relay.request, event.status, sdp=sdp, body=body, content_type=ctype, now=self.now()
+            )
+        except LocalProtocolError:
+            return
+        self.runtime.send_response(relay.key, resp)
+
+    # -- call progress ----------------------------------------------------------------------------
+    def _on_ringing(self, call: Call, leg: Leg, event: Ringing) -> None:
+        if call.b is not None or call.ended:
+            return
+        if not call.rang:
+            call.rang = True
+            self._spawn(self._observe(call, "ringing"))
+        a = call.a.session
+        assert isinstance(a, InviteServerSession)
+        status = 183 if event.sdp is not None else 180
+        if status == call.provisional_sent or (call.provisional_sent == 183):
+            return
+        early = event.sdp.to_bytes() if event.sdp is not None else None
+        try:
+            resp = a.provisional(status, early)
+        except LocalProtocolError:
+            return
+        call.provisional_sent = status
+        assert call.a.invite_key is not None
+        self.runtime.send_response(call.a.invite_key, resp)
+
+    def _on_answered(self, call: Call, leg: Leg, event: Answered) -> None:
+        if call.b is not None or call.ended:
+            # A second fork answered: the session already ACKed; BYE it.
+            self._bye(call, leg)
+            return
+        call.b = leg
+        if call.ring_timer is not None:
+            call.ring_timer.cancel()
+        self._cancel_forks(call, keep=leg)
+        call.forks = [leg]
+        a = call.a.session
+        assert isinstance(a, InviteServerSession)
+        sdp = event.sdp.to_bytes() if event.sdp is not None else None
+        resp = a.accept(sdp, now=self.now())
+        assert call.a.invite_key is not None
+        self.runtime.send_response(call.a.invite_key, resp)
+        self._drain(call, call.a)
+        log.info("call.answered", leg=leg.name)
+        self._spawn(self._observe(call, "answered"))
+
+    def _on_fork_failed(self, call: Call, leg: Leg, status: int) -> None:
+        if leg in call.forks:
+            call.forks.remove(leg)
+        if call.b is not None or call.ended:
+            return
+        # RFC 3261 §16.7 style choice of the best failure: busy everywhere → 486,
+        # a global decline wins, otherwise the most informative.
+        if status in (486, 600, 603) or call.last_failure is None:
+            call.last_failure = status
+        if not call.forks:
+            final = call.last_failure or 480
+            if final in (408, 480) or (final >= 500 and final not in (600, 603)):
+                final = 480
+            self._reject(call, final)
+
+    def _reject(self, call: Call, status: int, reason: str | None = None) -> None:
+        a = call.a.session
+        assert isinstance(a, InviteServerSession)
+        if call.ring_timer is not None:
+            call.ring_timer.cancel()
+        try:
+            resp = a.reject(status, reason)
+        except LocalProtocolError:
+            return
+        assert call.a.invite_key is not None
+        self.runtime.send_response(call.a.invite_key, resp)
+        self._drain(call, call.a)
+
+    def _ring_timeout(self, call: Call) -> None:
+        call.ring_timer = None
+        if call.b is not None or call.ended:
+            return
+        log.info("call.no_answer")
+        self._cancel_forks(call, keep=None)
+        self._reject(call, no_answer_status(any_device_rang=call.rang))
+
+    def _cancel_forks(self, call: Call, keep: Leg | None) -> None:
+        for fork in list(call.forks):
+            if fork is keep or fork.invite_key is None:
+                continue
+            session = fork.session
+            assert isinstance(session, InviteClientSession)
+            # §9.1: CANCEL only the forks still ringing; a fork that already ended (or
+            # answered in a race) is handled by its own response.
+            with contextlib.suppress(LocalProtocolError):
+                session.cancel()
+                self.runtime.endpoint.transactions.cancel(fork.invite_key, self.now())
+        self.runtime.pump()
+
+    def _bye(self, call: Call, leg: Leg | None) -> None:
+        """Hang up one leg (a leg that already ended is left alone)."""
+        if leg is None:
+            return
+        try:
+            self._send(call, leg, leg.session.bye())
+        except LocalProtocolError as exc:
+            log.debug("call.bye_skipped", leg=leg.name, why=str(exc))
+
+    def _on_terminated(self, call: Call, leg: Leg, reason: str) -> None:
+        if call.ended:
+            self._forget_if_done(call)
+            return
+        if leg is call.a:
+            if call.b is not None:
+                self._bye(call, call.b)
+            else:
+                self._cancel_forks(call, keep=None)
+                a = call.a.session
+                if reason == "bye" and call.a.invite_key is not None:
+                    assert isinstance(a, InviteServerSession)
+                    # §15.1.2: a BYE before the answer also ends the INVITE with 487.
+                    with contextlib.suppress(LocalProtocolError):
+                        self.runtime.send_response(call.a.invite_key, a.invite_487())
+            self._end(call, "caller_bye" if reason == "bye" else reason)
+        elif leg is call.b:
+            self._bye(call, call.a)
+            self._end(call, "callee_bye" if reason == "bye" else reason)
+        self._forget_if_done(call)
+
+    def _hangup(self, call: Call, reason: str) -> None:
+        for leg in call.legs():
+            self._bye(call, leg)
+        self._end(call, reason)
+
+    def _end(self, call: Call, reason: str) -> None:
+        if call.ended:
+            return
+        call.ended = True
+        if call.ring_timer is not None:
+            call.ring_timer.cancel()
+        log.info("call.ended", reason=reason)
+        self._spawn(self._observe(call, "ended", reason=reason))
+
+    def _forget_if_done(self, call: Call) -> None:
+        if not call.ended or any(not leg.session.terminated for leg in call.legs()):
+            return
+        self.calls.pop(call.id, None)
+        for leg in call.legs():
+            if leg.timer is not None:
+                leg.timer.cancel()
+        stale = [k for k, (c, _) in self._by_dialog.items() if c is call]
+        for k in stale:
+            del self._by_dialog[k]
+        for index in (self._by_server_invite, self._by_client_key):
+            for key in [k for k, (c, _) in index.items() if c is call]:
+                del index[key]
+
+    def _track_hold(self, call: Call, body: bytes) -> None:
+        if not body:
+            return
+        try:
+            held = parse_sdp(body).is_hold()
+        except RemoteProtocolError:
+            return
+        if held != call.held:
+            call.held = held
+            self._spawn(self._observe(call, "hold_start" if held else "hold_end"))
+
+    # -- timers -----------------------------------------------------------------------------------
+    def _arm(self, call: Call, leg: Leg) -> None:
+        deadline = leg.session.next_deadline()
+        if deadline == leg.timer_at:
+            return
+        if leg.timer is not None:
+            leg.timer.cancel()
+            leg.timer = None
+        leg.timer_at = deadline
+        if deadline is not None:
+            leg.timer = self._loop.call_at(deadline, self._fire, call, leg)
+
+    def _fire(self, call: Call, leg: Leg) -> None:
+        leg.timer = None
+        leg.timer_at = None
+        leg.session.handle_timer(self.now())
+        self._drain(call, leg)
+        self._forget_if_done(call)
+
+    # -- observers ------------------------------------------------------------------------
+    async def _observe(self, call: Call, kind: str, reason: str | None = None) -> None:
+        dialog = None
+        if call.b is not None and call.b.session.dialog is not None:
+            d = call.b.session.dialog
+            dialog = (d.call_id, d.local_tag, d.remote_tag or "")
+        event = CallObserved(
+            call.id,
+            kind,
+            time.time(),
+            call.caller,
+            call.callee,
+            call.agents,
+            call.direction,
+            reason,
+            dialog,
+        )
+        for observer in self.observers:
+            try:
+                await observer(event)
+            except Exception:  # an observer's failure must not break the call
+                log.exception("call.observer_failed", kind=kind)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for call in list(self.calls.values()):
+            if not call.ended:
+                self._hangup(call, "shutdown")
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+
+
+def with_suppressed_local(fn: Callable[[], object]) -> None:
+    """Run a protocol step that may legitimately be too late (a leg already ended)."""
+    try:
+        fn()
+    except LocalProtocolError as exc:
+        log.debug("call.step_skipped", why=str(exc))
