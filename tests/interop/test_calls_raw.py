@@ -7,6 +7,7 @@ pjsua2 tests in test_calls_audio.py prove the same paths with real audio.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,11 @@ def node(tmp_path: Path) -> Iterator[UcgateProcess]:
         yield n
     finally:
         n.stop()
+
+
+def tracked(node: UcgateProcess, event: str) -> None:
+    """Wait (bounded) until the call tracker applied ``event`` to records and presence."""
+    node.wait_log(lambda e: e.get("event") == "call.tracked" and e.get("event_type") == event, 10)
 
 
 def register(node: UcgateProcess, account: Account) -> RawSipClient:
@@ -127,6 +133,11 @@ def test_trunk_call_forks_to_both_devices_first_answer_wins_bye_crosses(
         recv_request(d2, "ACK")
         # d1 gets the ACK of the B2BUA's own dialog.
         recv_request(d1, "ACK")
+        # Presence follows the call (BLF and the API see Alice on the phone).
+        tracked(node, "answered")
+        status, doc = node.http_get("/v1/presence/alice", key=node.api_key)
+        assert status == 200 and doc["voice"] == "on_call", doc
+        assert doc["interactions"][0]["remote"] == "sip:+15551234567@pbx.example"
         to_hdr = ok.headers.get("To")
         contact = ok.headers.values("Contact")[0].strip("<>")
         trunk.request(
@@ -152,6 +163,20 @@ def test_trunk_call_forks_to_both_devices_first_answer_wins_bye_crosses(
         assert recv_status(trunk, 200).headers.get("CSeq") == "2 BYE"
         bye = recv_request(d1, "BYE")
         d1.respond(bye, 200)
+        tracked(node, "ended")
+        status, doc = node.http_get("/v1/presence/alice", key=node.api_key)
+        assert doc["voice"] == "wrap_up", doc
+        status, page = node.http_get("/v1/calls", key=node.api_key)
+        assert status == 200, page
+        record = page["calls"][0]
+        assert record["end_reason"] == "caller_bye", record
+        assert record["direction"] == "inbound"
+        assert record["talk_seconds"] >= 0 and record["answered_at"] is not None
+        b_legs = [leg for leg in record["legs"] if leg["role"] == "b"]
+        assert sorted(leg["end_reason"] for leg in b_legs) == [
+            "answered_elsewhere",
+            "caller_bye",
+        ], json.dumps(record)
     finally:
         for c in (d1, d2, trunk):
             c.close()

@@ -24,7 +24,21 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from ucgate.app.call_tracking import AgentOnCall, CallSnapshot, CallTracker
 from ucgate.app.sip_runtime import SipRuntime
+from ucgate.calls.records import (
+    CallAnswered,
+    CallEnded,
+    CallEvent,
+    CallOffered,
+    Direction,
+    EndReason,
+    HoldEnded,
+    HoldStarted,
+    LegAdded,
+    LegEnded,
+    RingingStarted,
+)
 from ucgate.calls.routing import (
     CallerKind,
     RouteKind,
@@ -82,26 +96,6 @@ Session = InviteServerSession | InviteClientSession
 PASS_HEADERS = ("User-to-User", "X-UCGate-Session", "Alert-Info", "Subject")
 
 
-@dataclass(frozen=True, slots=True)
-class CallObserved:
-    """What observers (presence, call records) learn: ``kind`` is one of offered,
-    ringing, answered, hold_start, hold_end, ended; ``agents`` are the agents on the
-    call's legs; ``reason`` is set on ended."""
-
-    call_id: str
-    kind: str
-    at: float
-    caller: str
-    callee: str
-    agents: tuple[str, ...]
-    direction: str
-    reason: str | None = None
-    dialog: tuple[str, str, str] | None = None
-
-
-Observer = Callable[[CallObserved], Awaitable[None]]
-
-
 @dataclass(eq=False)
 class Leg:
     name: str
@@ -128,7 +122,10 @@ class Call:
     ended: bool = False
     held: bool = False
     ring_timer: asyncio.TimerHandle | None = None
-    agents: tuple[str, ...] = ()
+    a_agent: str | None = None
+    b_agent: str | None = None
+    end_reason: EndReason | None = None
+    rang_legs: set[str] = field(default_factory=set)
 
     def legs(self) -> list[Leg]:
         legs = [self.a, *self.forks]
@@ -196,7 +193,7 @@ class CallManager:
             session_expires=config.calls.session_expires,
             min_se=config.calls.min_se,
         )
-        self.observers: list[Observer] = []
+        self.tracker: CallTracker | None = None
         self._loop = asyncio.get_running_loop()
         self._ids = itertools.count(1)
         self._by_dialog: dict[tuple[str, str], tuple[Call, Leg]] = {}
@@ -353,23 +350,33 @@ class CallManager:
             else ("outbound" if route.kind is RouteKind.TRUNK else "internal")
         )
         call = Call(cid, a, caller=str(claimed), callee=callee_aor, direction=direction)
+        call.a_agent = a_agent
+        call.b_agent = route.id if route.kind is RouteKind.AGENT else None
         self.calls[cid] = call
         self._index_server(call, a)
         self._by_server_invite[ev.key] = (call, a)
         with structlog.contextvars.bound_contextvars(call_id=cid):
+            self._record(
+                call,
+                CallOffered(
+                    at=time.time(),
+                    direction=Direction(direction),
+                    caller=call.caller,
+                    callee=uri.user,
+                    leg_id="a",
+                    party=call.caller,
+                    contact=req.headers.get("Contact"),
+                    sip_call_id=call_id(req),
+                    agent=a_agent,
+                ),
+            )
             bindings = await self.locations.lookup(callee_aor, time.time())
-            if not bindings:
-                log.info("call.unavailable", callee=callee_aor)
-                self._reject(call, 480, "Temporarily Unavailable")
-                return
-            b_agent = route.id if route.kind is RouteKind.AGENT else None
-            call.agents = tuple(x for x in (a_agent, b_agent) if x is not None)
             log.info("call.offered", caller=call.caller, callee=callee_aor, forks=len(bindings))
-            await self._observe(call, "offered")
             for index, binding in enumerate(bindings):
-                self._fork(call, index, binding, uri.user, route.kind, b_agent)
+                self._fork(call, index, binding, uri.user, route.kind, call.b_agent)
             if not call.forks:
-                self._reject(call, 480, "No reachable device")
+                log.info("call.unavailable", callee=callee_aor)
+                self._reject(call, 480, "Temporarily Unavailable", EndReason.FAILED)
                 return
             call.ring_timer = self._loop.call_later(
                 self.config.calls.ring_timeout, self._ring_timeout, call
@@ -410,6 +417,17 @@ class CallManager:
         )
         leg = Leg(f"b{index}", session, peer, agent=agent)
         call.forks.append(leg)
+        self._record(
+            call,
+            LegAdded(
+                at=time.time(),
+                leg_id=leg.name,
+                party=call.callee,
+                contact=binding.contact,
+                sip_call_id=session.call_id,
+                agent=agent,
+            ),
+        )
         leg.invite_key = self.runtime.send_request(request, peer)
         self._by_client_key[leg.invite_key] = (call, leg)
         self._by_dialog[(session.call_id, session.local_tag)] = (call, leg)
@@ -463,10 +481,15 @@ class CallManager:
                 self.runtime.send_response(server_key(event.request), event.response)
         elif isinstance(event, AckTimedOut | SessionExpired):
             log.info("call.dead", leg=leg.name, why=type(event).__name__)
-            self._hangup(call, f"{type(event).__name__}")
+            dead = (
+                EndReason.SESSION_EXPIRED
+                if isinstance(event, SessionExpired)
+                else EndReason.TIMEOUT
+            )
+            self._hangup(call, dead)
         elif isinstance(event, ReInviteReceived | UpdateReceived):
             self._relay(call, leg, event.request)
-            self._track_hold(call, event.request.body)
+            self._track_hold(call, leg, event.request.body)
         elif isinstance(event, InfoReceived):
             self._relay(call, leg, event.request)
         elif isinstance(event, OptionsReceived | NotifyReceived):
@@ -520,9 +543,10 @@ class CallManager:
     def _on_ringing(self, call: Call, leg: Leg, event: Ringing) -> None:
         if call.b is not None or call.ended:
             return
-        if not call.rang:
-            call.rang = True
-            self._spawn(self._observe(call, "ringing"))
+        call.rang = True
+        if leg.name not in call.rang_legs:
+            call.rang_legs.add(leg.name)
+            self._record(call, RingingStarted(at=time.time(), leg_id=leg.name))
         a = call.a.session
         assert isinstance(a, InviteServerSession)
         status = 183 if event.sdp is not None else 180
@@ -545,6 +569,14 @@ class CallManager:
         call.b = leg
         if call.ring_timer is not None:
             call.ring_timer.cancel()
+        now_wall = time.time()
+        self._record(call, CallAnswered(at=now_wall, leg_id=leg.name))
+        for other in call.forks:
+            if other is not leg:
+                self._record(
+                    call,
+                    LegEnded(at=now_wall, leg_id=other.name, reason=EndReason.ANSWERED_ELSEWHERE),
+                )
         self._cancel_forks(call, keep=leg)
         call.forks = [leg]
         a = call.a.session
@@ -555,13 +587,16 @@ class CallManager:
         self.runtime.send_response(call.a.invite_key, resp)
         self._drain(call, call.a)
         log.info("call.answered", leg=leg.name)
-        self._spawn(self._observe(call, "answered"))
 
     def _on_fork_failed(self, call: Call, leg: Leg, status: int) -> None:
         if leg in call.forks:
             call.forks.remove(leg)
         if call.b is not None or call.ended:
             return
+        if call.forks:
+            self._record(
+                call, LegEnded(at=time.time(), leg_id=leg.name, reason=end_reason_for(status))
+            )
         # RFC 3261 §16.7 style choice of the best failure: busy everywhere → 486,
         # a global decline wins, otherwise the most informative.
         if status in (486, 600, 603) or call.last_failure is None:
@@ -570,9 +605,10 @@ class CallManager:
             final = call.last_failure or 480
             if final in (408, 480) or (final >= 500 and final not in (600, 603)):
                 final = 480
-            self._reject(call, final)
+            self._reject(call, final, None, end_reason_for(final))
 
-    def _reject(self, call: Call, status: int, reason: str | None = None) -> None:
+    def _reject(self, call: Call, status: int, reason: str | None, end: EndReason) -> None:
+        call.end_reason = end
         a = call.a.session
         assert isinstance(a, InviteServerSession)
         if call.ring_timer is not None:
@@ -591,7 +627,7 @@ class CallManager:
             return
         log.info("call.no_answer")
         self._cancel_forks(call, keep=None)
-        self._reject(call, no_answer_status(any_device_rang=call.rang))
+        self._reject(call, no_answer_status(any_device_rang=call.rang), None, EndReason.NO_ANSWER)
 
     def _cancel_forks(self, call: Call, keep: Leg | None) -> None:
         for fork in list(call.forks):
@@ -630,25 +666,31 @@ class CallManager:
                     # §15.1.2: a BYE before the answer also ends the INVITE with 487.
                     with contextlib.suppress(LocalProtocolError):
                         self.runtime.send_response(call.a.invite_key, a.invite_487())
-            self._end(call, "caller_bye" if reason == "bye" else reason)
+            if reason == "bye":
+                end = EndReason.CALLER_BYE if call.b is not None else EndReason.CANCELLED
+            elif reason == "cancelled":
+                end = EndReason.CANCELLED
+            else:
+                end = call.end_reason or EndReason.FAILED
+            self._end(call, end)
         elif leg is call.b:
             self._bye(call, call.a)
-            self._end(call, "callee_bye" if reason == "bye" else reason)
+            self._end(call, EndReason.CALLEE_BYE if reason == "bye" else EndReason.FAILED)
         self._forget_if_done(call)
 
-    def _hangup(self, call: Call, reason: str) -> None:
+    def _hangup(self, call: Call, reason: EndReason) -> None:
         for leg in call.legs():
             self._bye(call, leg)
         self._end(call, reason)
 
-    def _end(self, call: Call, reason: str) -> None:
+    def _end(self, call: Call, reason: EndReason) -> None:
         if call.ended:
             return
         call.ended = True
         if call.ring_timer is not None:
             call.ring_timer.cancel()
-        log.info("call.ended", reason=reason)
-        self._spawn(self._observe(call, "ended", reason=reason))
+        log.info("call.ended", reason=reason.value)
+        self._record(call, CallEnded(at=time.time(), reason=reason))
 
     def _forget_if_done(self, call: Call) -> None:
         if not call.ended or any(not leg.session.terminated for leg in call.legs()):
@@ -664,16 +706,17 @@ class CallManager:
             for key in [k for k, (c, _) in index.items() if c is call]:
                 del index[key]
 
-    def _track_hold(self, call: Call, body: bytes) -> None:
-        if not body:
+    def _track_hold(self, call: Call, leg: Leg, body: bytes) -> None:
+        if not body or call.b is None:
             return
         try:
-            held = parse_sdp(body).is_hold()
+            held = parse_sdp(body).is_hold()  # RFC 3264 §8.4: sendonly/inactive
         except RemoteProtocolError:
             return
         if held != call.held:
             call.held = held
-            self._spawn(self._observe(call, "hold_start" if held else "hold_end"))
+            now = time.time()
+            self._record(call, HoldStarted(at=now, leg_id=leg.name) if held else HoldEnded(at=now))
 
     # -- timers -----------------------------------------------------------------------------------
     def _arm(self, call: Call, leg: Leg) -> None:
@@ -694,28 +737,30 @@ class CallManager:
         self._drain(call, leg)
         self._forget_if_done(call)
 
-    # -- observers ------------------------------------------------------------------------
-    async def _observe(self, call: Call, kind: str, reason: str | None = None) -> None:
-        dialog = None
-        if call.b is not None and call.b.session.dialog is not None:
-            d = call.b.session.dialog
-            dialog = (d.call_id, d.local_tag, d.remote_tag or "")
-        event = CallObserved(
-            call.id,
-            kind,
-            time.time(),
-            call.caller,
-            call.callee,
-            call.agents,
-            call.direction,
-            reason,
-            dialog,
-        )
-        for observer in self.observers:
-            try:
-                await observer(event)
-            except Exception:  # an observer's failure must not break the call
-                log.exception("call.observer_failed", kind=kind)
+    # -- records and presence -----------------------------------------------------------
+    def _record(self, call: Call, event: CallEvent) -> None:
+        if self.tracker is None:
+            return
+        agents: list[AgentOnCall] = []
+        if call.a_agent is not None:
+            d = call.a.session.dialog
+            dialog = (d.call_id, d.local_tag, d.remote_tag or "") if d is not None else None
+            agents.append(AgentOnCall(call.a_agent, call.callee, "outbound", dialog))
+        if call.b_agent is not None:
+            leg = call.b if call.b is not None else (call.forks[0] if call.forks else None)
+            dialog = None
+            if leg is not None:
+                session = leg.session
+                assert isinstance(session, InviteClientSession)
+                d = session.dialog
+                dialog = (
+                    (d.call_id, d.local_tag, d.remote_tag or "")
+                    if d is not None
+                    else (session.call_id, session.local_tag, "")
+                )
+            agents.append(AgentOnCall(call.b_agent, call.caller, "inbound", dialog))
+        snapshot = CallSnapshot(call.id, tuple(agents), answered=call.b is not None)
+        self.tracker.post(snapshot, event)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -725,9 +770,22 @@ class CallManager:
     async def close(self) -> None:
         for call in list(self.calls.values()):
             if not call.ended:
-                self._hangup(call, "shutdown")
+                self._hangup(call, EndReason.FAILED)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+
+
+def end_reason_for(status: int) -> EndReason:
+    """The call-record reason for a final failure status of the callee side."""
+    if status in (486, 600):
+        return EndReason.BUSY
+    if status in (403, 603):
+        return EndReason.REJECTED
+    if status == 408:
+        return EndReason.TIMEOUT
+    if status == 487:
+        return EndReason.CANCELLED
+    return EndReason.FAILED
 
 
 def with_suppressed_local(fn: Callable[[], object]) -> None:

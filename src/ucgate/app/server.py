@@ -17,9 +17,12 @@ from aiohttp import web
 
 from ucgate import __version__
 from ucgate.app.b2bua import CallManager
+from ucgate.app.call_tracking import CallTracker
 from ucgate.app.presence_sip import PresenceSipServer
 from ucgate.app.sip_app import SipApplication, new_tag
 from ucgate.app.sip_runtime import SipRuntime
+from ucgate.calls.record_store import CallRecordStore, MemoryCallRecordStore
+from ucgate.calls.record_store_redis import RedisCallRecordStore
 from ucgate.config import UcgateConfig
 from ucgate.http.api import build_app
 from ucgate.http.auth import ApiKeys
@@ -102,9 +105,12 @@ class Node:
     async def close(self) -> None:
         # Stop taking new work, finish what is in flight, then persist: a restart must find
         # every binding we acknowledged.
+        # Calls in progress get their BYEs while the transports are still open.
+        await self.calls.close()
         await self.hub.close()
         await self.app.drain()
-        await self.calls.close()
+        if self.calls.tracker is not None:
+            await self.calls.tracker.close()
         await self.presence_sip.close()
         self.runtime.close()
         for task in self.tasks:
@@ -115,6 +121,8 @@ class Node:
         await self.http_runner.cleanup()
         await self.presence.close()
         await self.presence_store.close()
+        if self.calls.tracker is not None:
+            await self.calls.tracker.records.close()
         await self.store.close()
 
 
@@ -135,6 +143,13 @@ async def _sweep_expired(store: LocationStore, registrar: RegistrarService) -> N
             # Redis is down: keep trying; the bindings are still there when it is back.
             log.warning("registrar.sweep_store_unavailable")
             await asyncio.sleep(1.0)
+
+
+async def _open_call_records(config: UcgateConfig) -> CallRecordStore:
+    if config.store.backend == "redis":
+        assert config.store.redis_url is not None
+        return await RedisCallRecordStore.connect(config.store.redis_url)
+    return await MemoryCallRecordStore.open(config.store.data_dir)
 
 
 async def _open_presence_store(config: UcgateConfig) -> PresenceStore:
@@ -272,6 +287,10 @@ async def start_node(config: UcgateConfig) -> Node:
         node_id=node_id,
         to_tag=new_tag,
     )
+    records = await _open_call_records(config)
+    tracker = CallTracker(records, presence, wrap_up=float(config.calls.wrap_up))
+    tracker.start()
+    calls.tracker = tracker
     app = SipApplication(
         runtime, registrar, user_agent=config.sip.user_agent, presence=presence_sip, calls=calls
     )
@@ -280,7 +299,7 @@ async def start_node(config: UcgateConfig) -> Node:
 
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(_sweep_expired(store, registrar))]
-    for owner in (store, presence_store):
+    for owner in (store, presence_store, records):
         flusher = getattr(owner, "run_flusher", None)
         if flusher is not None:
             tasks.append(loop.create_task(flusher()))
@@ -288,7 +307,8 @@ async def start_node(config: UcgateConfig) -> Node:
     keys = ApiKeys.from_config(config.api_keys)
     # access_log stays off: a browser stream's ?access_token= would land in it.
     http_runner = web.AppRunner(
-        build_app(store, keys, presence=presence, statuses=statuses), access_log=None
+        build_app(store, keys, presence=presence, statuses=statuses, calls=records),
+        access_log=None,
     )
     await http_runner.setup()
     site = web.TCPSite(http_runner, config.http.listen.host, config.http.listen.port)
