@@ -115,6 +115,7 @@ def test_trunk_to_agent_two_way_audio_hold_resume_dtmf(
     assert trunk.wait_call_state(call_t, "disconnected")["code"] == 200
     node.wait_log(lambda e: e.get("event") == "call.tracked" and e.get("event_type") == "ended", 10)
     status, page = node.http_get("/v1/calls", key=node.api_key)
+    assert status == 200, page
     record = page["calls"][0]
     assert record["end_reason"] == "callee_bye"
     assert len(record["holds"]) == 1 and record["hold_seconds"] > 0

@@ -188,13 +188,21 @@ class Dialog:
         if cached is not None:
             t, r, lu, lt, ru, rt = cached[0]
             if (
-                t is self.remote_target and r is self.route_set and lu is self.local_uri
-                and lt is self.local_tag and ru is self.remote_uri and rt is self.remote_tag
+                t is self.remote_target
+                and r is self.route_set
+                and lu is self.local_uri
+                and lt is self.local_tag
+                and ru is self.remote_uri
+                and rt is self.remote_tag
             ):
                 return cached[1], cached[2], cached[3], cached[4]
         inputs = (
-            self.remote_target, self.route_set, self.local_uri, self.local_tag,
-            self.remote_uri, self.remote_tag,
+            self.remote_target,
+            self.route_set,
+            self.local_uri,
+            self.local_tag,
+            self.remote_uri,
+            self.remote_tag,
         )
         request_uri = self.remote_target
         routes = list(self.route_set)
@@ -247,7 +255,11 @@ def next_hop(dialog: Dialog) -> str:
 
 
 def create_ack(
-    dialog: Dialog, cseq_number: int, *, body: bytes = b"", content_type: str | None = None,
+    dialog: Dialog,
+    cseq_number: int,
+    *,
+    body: bytes = b"",
+    content_type: str | None = None,
     extra_headers: Iterable[tuple[str, str]] = (),
 ) -> Request:
     """The ACK for a 2xx to our INVITE with CSeq ``cseq_number`` (§13.2.2.4): built like

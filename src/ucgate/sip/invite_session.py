@@ -194,10 +194,25 @@ class SessionExpired:
 
 
 SessionEvent = (
-    Ringing | Answered | Rejected | SessionConfirmed | AckTimedOut | Cancelled
-    | SessionTerminated | ResponseRetransmissionDue | ReInviteReceived | ReInviteAcked
-    | UpdateReceived | InfoReceived | ReferReceived | NotifyReceived | OptionsReceived
-    | RequestAnswered | RetryReInvite | RefreshDue | SessionExpired
+    Ringing
+    | Answered
+    | Rejected
+    | SessionConfirmed
+    | AckTimedOut
+    | Cancelled
+    | SessionTerminated
+    | ResponseRetransmissionDue
+    | ReInviteReceived
+    | ReInviteAcked
+    | UpdateReceived
+    | InfoReceived
+    | ReferReceived
+    | NotifyReceived
+    | OptionsReceived
+    | RequestAnswered
+    | RetryReInvite
+    | RefreshDue
+    | SessionExpired
 )
 
 
@@ -371,7 +386,11 @@ class _Session:
     _table: _Table
 
     def __init__(
-        self, *, config: SessionConfig, contact: str, rng: Callable[[], float] | None,
+        self,
+        *,
+        config: SessionConfig,
+        contact: str,
+        rng: Callable[[], float] | None,
         owns_call_id: bool,
     ) -> None:
         self.config = config
@@ -504,8 +523,12 @@ class _Session:
         return self.dialog
 
     def create_request(
-        self, method: str, body: bytes = b"", content_type: str | None = None,
-        extra_headers: Iterable[tuple[str, str]] = (), now: float = 0.0,
+        self,
+        method: str,
+        body: bytes = b"",
+        content_type: str | None = None,
+        extra_headers: Iterable[tuple[str, str]] = (),
+        now: float = 0.0,
     ) -> Request:
         """A re-INVITE, UPDATE, INFO, REFER, NOTIFY, OPTIONS or BYE in the dialog."""
         del now  # kept in the signature for symmetry; building a request needs no clock
@@ -617,9 +640,7 @@ class _Session:
         dialog = self.dialog
         if req.method in ("ACK", "CANCEL"):
             raise LocalProtocolError(f"{req.method} goes to on_ack / on_cancel")
-        if dialog is None or not dialog.matches(req) or (
-            self.state is SessionState.TERMINATED
-        ):
+        if dialog is None or not dialog.matches(req) or (self.state is SessionState.TERMINATED):
             raise RemoteProtocolError("no such dialog", status=481)  # §12.2.2
         if self.state in (SessionState.NEW, SessionState.EARLY) and req.method != "BYE":
             # Early-dialog requests (UPDATE/INFO before answer) are not supported yet.
@@ -683,9 +704,16 @@ class _Session:
         self._their_pending.clear()
 
     def respond(
-        self, req: Request, status: int, reason: str | None = None, *, sdp: bytes | None = None,
-        body: bytes = b"", content_type: str | None = None,
-        extra_headers: Iterable[tuple[str, str]] = (), now: float = 0.0,
+        self,
+        req: Request,
+        status: int,
+        reason: str | None = None,
+        *,
+        sdp: bytes | None = None,
+        body: bytes = b"",
+        content_type: str | None = None,
+        extra_headers: Iterable[tuple[str, str]] = (),
+        now: float = 0.0,
     ) -> Response:
         """The app's answer to an in-dialog request announced by an event."""
         if self.dialog is None:
@@ -750,7 +778,11 @@ class InviteServerSession(_Session):
     _table = UAS_TABLE
 
     def __init__(
-        self, invite: Request, local_tag: str, *, contact: str,
+        self,
+        invite: Request,
+        local_tag: str,
+        *,
+        contact: str,
         config: SessionConfig = SessionConfig(),  # frozen, so sharing the default is safe
         rng: Callable[[], float] | None = None,
     ) -> None:
@@ -773,7 +805,12 @@ class InviteServerSession(_Session):
 
     @classmethod
     def from_invite(
-        cls, req: Request, local_tag: str, now: float, *, contact: str,
+        cls,
+        req: Request,
+        local_tag: str,
+        now: float,
+        *,
+        contact: str,
         config: SessionConfig = SessionConfig(),  # frozen, so sharing the default is safe
         rng: Callable[[], float] | None = None,
     ) -> InviteServerSession:
@@ -797,7 +834,10 @@ class InviteServerSession(_Session):
         return resp
 
     def accept(
-        self, sdp: bytes | None, contact: str | None = None, now: float = 0.0,
+        self,
+        sdp: bytes | None,
+        contact: str | None = None,
+        now: float = 0.0,
         extra_headers: Iterable[tuple[str, str]] = (),
     ) -> Response:
         """The 2xx; the session retransmits it until the ACK (§13.3.1.4)."""
@@ -825,7 +865,9 @@ class InviteServerSession(_Session):
         return resp
 
     def reject(
-        self, status: int, reason: str | None = None,
+        self,
+        status: int,
+        reason: str | None = None,
         extra_headers: Iterable[tuple[str, str]] = (),
     ) -> Response:
         if not 300 <= status <= 699:
@@ -850,8 +892,12 @@ class InviteServerSession(_Session):
         return make_response(self.invite, 487, to_tag=self.local_tag)
 
     def on_request(self, req: Request, now: float) -> Response | None:
-        if req.method == "BYE" and self.state is SessionState.EARLY and self.dialog is not None \
-                and self.dialog.matches(req):
+        if (
+            req.method == "BYE"
+            and self.state is SessionState.EARLY
+            and self.dialog is not None
+            and self.dialog.matches(req)
+        ):
             # §15.1.2: BYE on an early dialog: 200 it and 487 the INVITE (app sends both).
             self._step(SessionInput.BYE_RECEIVED)
             self.terminate_reason = "bye"
@@ -874,9 +920,12 @@ class InviteClientSession(_Session):
     _table = UAC_TABLE
 
     def __init__(
-        self, *, contact: str,
+        self,
+        *,
+        contact: str,
         config: SessionConfig = SessionConfig(),  # frozen, so sharing the default is safe
-        rng: Callable[[], float] | None = None, call_id: str | None = None,
+        rng: Callable[[], float] | None = None,
+        call_id: str | None = None,
         local_tag: str | None = None,
     ) -> None:
         super().__init__(config=config, contact=contact, rng=rng, owns_call_id=True)
@@ -889,8 +938,13 @@ class InviteClientSession(_Session):
         self._cancelled = False
 
     def create_invite(
-        self, target_uri: str, from_: str | NameAddr, to: str | NameAddr,
-        sdp: bytes | None, now: float, extra_headers: Iterable[tuple[str, str]] = (),
+        self,
+        target_uri: str,
+        from_: str | NameAddr,
+        to: str | NameAddr,
+        sdp: bytes | None,
+        now: float,
+        extra_headers: Iterable[tuple[str, str]] = (),
     ) -> Request:
         """The initial INVITE (§8.1.1, §13.2.1): new From tag, CSeq 1, our Contact."""
         del now
@@ -1009,8 +1063,11 @@ class InviteClientSession(_Session):
                 sdp = None
             self._events.append(Answered(sdp, tag))
             return [self._ack]
-        if action is SessionAction.ACK_AGAIN and self.dialog is not None \
-                and tag == self.dialog.remote_tag:
+        if (
+            action is SessionAction.ACK_AGAIN
+            and self.dialog is not None
+            and tag == self.dialog.remote_tag
+        ):
             return [self.ack()]  # §13.2.2.4: a retransmitted 2xx gets the same ACK
         # Another fork's 2xx (§13.2.2.4), or a 2xx after CANCEL/hang-up: ACK, then BYE.
         if tag in self.extra_dialogs:

@@ -39,9 +39,27 @@ _QUOTED_PAIR_RE = re.compile(r"\\[\x00-\x09\x0b\x0c\x0e-\x7f]")
 
 # Headers that may appear at most once (§20; RFC 4475 §3.3.8 multi01, §3.3.9 mcl01).
 SINGLE_VALUED = (
-    "To", "From", "Call-ID", "CSeq", "Max-Forwards", "Content-Length", "Content-Type",
-    "Expires", "Min-Expires", "Date", "Content-Disposition", "MIME-Version", "Reply-To",
-    "Subject", "Timestamp", "RSeq", "RAck", "Event", "Refer-To", "Session-Expires", "Min-SE",
+    "To",
+    "From",
+    "Call-ID",
+    "CSeq",
+    "Max-Forwards",
+    "Content-Length",
+    "Content-Type",
+    "Expires",
+    "Min-Expires",
+    "Date",
+    "Content-Disposition",
+    "MIME-Version",
+    "Reply-To",
+    "Subject",
+    "Timestamp",
+    "RSeq",
+    "RAck",
+    "Event",
+    "Refer-To",
+    "Session-Expires",
+    "Min-SE",
 )
 _SINGLE_KEYS = {name.lower(): name for name in SINGLE_VALUED}
 
@@ -197,8 +215,10 @@ def _parse_request(
     max_line: int,
 ) -> Request:
     words = start.split()
-    if len(words) < 3 or not words[-1].upper().startswith("SIP/") or not _TOKEN_RE.fullmatch(
-        words[0]
+    if (
+        len(words) < 3
+        or not words[-1].upper().startswith("SIP/")
+        or not _TOKEN_RE.fullmatch(words[0])
     ):
         # Not recognisable as a request line: there is no one to answer.
         raise _drop(f"not a SIP message: {start[:60]!r}")

@@ -236,8 +236,16 @@ class PublicationTable:
             assert current is not None
             self._drop(current)
             change = PublicationChange(
-                operation, resource, event.package, publisher, None, current.etag,
-                current.body, current.content_type, now, removed=True,
+                operation,
+                resource,
+                event.package,
+                publisher,
+                None,
+                current.etag,
+                current.body,
+                current.content_type,
+                now,
+                removed=True,
             )
             # §6: a 2xx carries SIP-ETag and Expires; for a removal the tag names what
             # was removed (it can no longer be used: a later SIP-If-Match gets 412).
@@ -268,8 +276,16 @@ class PublicationTable:
             self._heap = [(p.expires_at, p.etag) for p in self._pubs.values()]
             heapq.heapify(self._heap)
         change = PublicationChange(
-            operation, resource, event.package, publisher, new_etag, old_etag,
-            body, content_type, expires_at, removed=False,
+            operation,
+            resource,
+            event.package,
+            publisher,
+            new_etag,
+            old_etag,
+            body,
+            content_type,
+            expires_at,
+            removed=False,
         )
         return PublishOutcome(
             200, headers=(("SIP-ETag", new_etag), ("Expires", str(granted))), change=change

@@ -369,7 +369,10 @@ class SubscriptionTable:
             sub.guard_at = now + self.notify_timeout
         self._reschedule(sub)
         return SubscribeOutcome(
-            200, headers=(("Expires", str(granted)),), subscription=sub, to_tag=tag,
+            200,
+            headers=(("Expires", str(granted)),),
+            subscription=sub,
+            to_tag=tag,
             notify_now=True,
         )
 
@@ -397,7 +400,10 @@ class SubscriptionTable:
             sub.expires_at = now + granted
         self._apply(sub, action_input, now, signal=False)
         return SubscribeOutcome(
-            200, headers=(("Expires", str(granted)),), subscription=sub, to_tag=to_tag,
+            200,
+            headers=(("Expires", str(granted)),),
+            subscription=sub,
+            to_tag=to_tag,
             notify_now=True,
         )
 

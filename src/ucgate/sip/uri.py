@@ -30,8 +30,10 @@ _BAD_ESCAPE_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 # hostname = *( domainlabel "." ) toplabel [ "." ] (§25.1). Underscores are tolerated
 # because real DNS names (SRV-derived, container hosts) carry them.
-_HOSTNAME_RE = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_\-]*[A-Za-z0-9_])?\.)*"
-                          r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]*[A-Za-z0-9_])?\.?")
+_HOSTNAME_RE = re.compile(
+    r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_\-]*[A-Za-z0-9_])?\.)*"
+    r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]*[A-Za-z0-9_])?\.?"
+)
 _IPV4_RE = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
 _DIGITS_RE = re.compile(r"\d{1,5}")
 # Anything at or below SP, DEL, or non-ASCII: never legal unescaped in a URI (§19.1.1).
@@ -275,7 +277,11 @@ def uri_equal(a: Uri, b: Uri) -> bool:
     # Userinfo is case-sensitive, host case-insensitive (already lower-cased), and an
     # omitted port is NOT equal to an explicit 5060 (§19.1.4 bullet 5).
     if (a.scheme, a.user, a.password, a.host, a.port) != (
-        b.scheme, b.user, b.password, b.host, b.port
+        b.scheme,
+        b.user,
+        b.password,
+        b.host,
+        b.port,
     ):
         return False
     pa, pb = _param_map(a), _param_map(b)

@@ -129,9 +129,7 @@ class InviteClientTransaction:
     """§17.1.1 with the RFC 6026 Accepted state. Also carries the CANCEL bookkeeping of
     §9.1: a CANCEL may only go out once a provisional response arrived."""
 
-    def __init__(
-        self, key: TxKey, request: Request, peer: Peer, config: TimerConfig
-    ) -> None:
+    def __init__(self, key: TxKey, request: Request, peer: Peer, config: TimerConfig) -> None:
         self.key = key
         self.request = request
         self.peer = peer
@@ -355,9 +353,7 @@ NON_INVITE_CLIENT_TABLE: dict[
 class NonInviteClientTransaction:
     """§17.1.2 (also used for CANCEL, which is a non-INVITE transaction of its own)."""
 
-    def __init__(
-        self, key: TxKey, request: Request, peer: Peer, config: TimerConfig
-    ) -> None:
+    def __init__(self, key: TxKey, request: Request, peer: Peer, config: TimerConfig) -> None:
         self.key = key
         self.request = request
         self.peer = peer

@@ -395,7 +395,8 @@ class TransactionLayer:
         live = self.active_count
         if len(self._heap) > 1024 and len(self._heap) > 4 * live:
             self._heap = [
-                entry for entry in self._heap
+                entry
+                for entry in self._heap
                 if not entry[2].terminated and entry[2].scheduled == entry[0]
             ]
             heapq.heapify(self._heap)

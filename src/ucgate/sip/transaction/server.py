@@ -295,8 +295,7 @@ class NonInviteServerTransaction:
         if entry is None:
             if inp in _NS_TU_INPUTS:
                 raise LocalProtocolError(
-                    f"non-INVITE server transaction in {self.state.value} "
-                    f"cannot send {inp.value}"
+                    f"non-INVITE server transaction in {self.state.value} cannot send {inp.value}"
                 )
             return
         action, next_state = entry
