@@ -158,3 +158,35 @@ def test_agent_dials_out_through_the_trunk(
     two_way(alice, call_a, TONE_TRUNK, trunk, call_t, TONE_ALICE)
     trunk.hangup(call_t)
     assert alice.wait_call_state(call_a, "disconnected")["code"] == 200
+
+
+def test_blind_transfer_from_agent_to_agent_keeps_the_caller_with_audio(
+    node: UcgateProcess, phones: tuple[Softphone, Softphone, Softphone]
+) -> None:
+    trunk, alice, bob = phones
+    register(trunk, node, PBX)
+    register(alice, node, ALICE, auto_answer=200, answer_delay_ms=100)
+    register(bob, node, BOB, auto_answer=200, answer_delay_ms=100)
+    call_t = trunk.make_call(f"sip:+15550100@{DOMAIN}")
+    call_a = int(alice.wait_incoming()["call"])
+    assert trunk.wait_call_state(call_t, "confirmed")["code"] == 200
+    two_way(trunk, call_t, TONE_ALICE, alice, call_a, TONE_TRUNK)
+
+    alice.transfer(call_a, f"sip:bob@{DOMAIN}")  # REFER, carried out by the B2BUA
+    incoming = bob.wait_incoming()
+    call_b = int(incoming["call"])
+    bob.wait_call_state(call_b, "confirmed")
+    alice.wait_call_state(call_a, "disconnected")  # the transferor leaves
+    trunk.reset_audio(call_t)
+    two_way(trunk, call_t, TONE_BOB, bob, call_b, TONE_TRUNK)
+
+    trunk.hangup(call_t)
+    bob.wait_call_state(call_b, "disconnected")
+    node.wait_log(lambda e: e.get("event") == "call.tracked" and e.get("event_type") == "ended", 10)
+    status, page = node.http_get("/v1/calls", key=node.api_key)
+    assert status == 200, page
+    record = page["calls"][0]
+    assert record["transfers"] == 1, record
+    assert set(record["agents"]) == {"alice", "bob"}, record
+    reasons = {leg["agent"]: leg["end_reason"] for leg in record["legs"] if leg["agent"]}
+    assert reasons["alice"] == "transferred", record

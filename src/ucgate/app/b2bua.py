@@ -31,6 +31,7 @@ from ucgate.calls.records import (
     CallEnded,
     CallEvent,
     CallOffered,
+    CallTransferred,
     Direction,
     EndReason,
     HoldEnded,
@@ -38,8 +39,10 @@ from ucgate.calls.records import (
     LegAdded,
     LegEnded,
     RingingStarted,
+    TransferMode,
 )
 from ucgate.calls.routing import (
+    Caller,
     CallerKind,
     RouteKind,
     classify_caller,
@@ -49,7 +52,7 @@ from ucgate.calls.routing import (
 from ucgate.config import UcgateConfig
 from ucgate.sip.auth_gate import DigestGate
 from ucgate.sip.errors import LocalProtocolError, RemoteProtocolError
-from ucgate.sip.fields import call_id, from_, to
+from ucgate.sip.fields import call_id, from_, parse_name_addr, to
 from ucgate.sip.invite_session import (
     AckTimedOut,
     Answered,
@@ -105,6 +108,21 @@ class Leg:
     invite_key: TxKey | None = None
     timer: asyncio.TimerHandle | None = None
     timer_at: float | None = None
+    # The last SDP this leg's device sent (offer or answer): what a transfer target is
+    # offered so the remaining party's media can reach it.
+    last_sdp: bytes | None = None
+
+
+@dataclass(eq=False)
+class Transfer:
+    """A blind transfer in progress (RFC 3515): ``transferor`` sent REFER; the other
+    party stays and is connected to ``target`` once one of its devices answers."""
+
+    transferor: Leg
+    refer: Request
+    target: str
+    target_agent: str | None
+    forks: list[Leg] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -126,6 +144,9 @@ class Call:
     b_agent: str | None = None
     end_reason: EndReason | None = None
     rang_legs: set[str] = field(default_factory=set)
+    transfer: Transfer | None = None
+    leg_count: int = 0
+    left_agents: tuple[str, ...] = ()
 
     def legs(self) -> list[Leg]:
         legs = [self.a, *self.forks]
@@ -146,6 +167,7 @@ class Relay:
     origin: Leg
     request: Request
     key: TxKey
+    answerer: Leg
 
 
 def peer_from_source(source: str, flow: str | None, node_id: str) -> Peer | None:
@@ -342,7 +364,7 @@ class CallManager:
             parse_sdp(req.body)  # 488 before anything rings (RFC 3261 §13.3.1.2)
         cid = f"{self.node_id}-{next(self._ids)}-{secrets.token_hex(3)}"
         a_agent = caller.id if caller.kind is CallerKind.AGENT else None
-        a = Leg("a", session, ev.peer, agent=a_agent, invite_key=ev.key)
+        a = Leg("a", session, ev.peer, agent=a_agent, invite_key=ev.key, last_sdp=req.body or None)
         callee_aor = f"sip:{route.id}@{self.domain}"
         direction = (
             "inbound"
@@ -404,26 +426,51 @@ class CallManager:
         a_session = call.a.session
         assert isinstance(a_session, InviteServerSession)
         invite = a_session.invite
-        session = InviteClientSession(contact=self.contact_uri, config=self.session_config)
         extra = [(n, v) for n in PASS_HEADERS for v in invite.headers.get_all(n)]
         caller = from_(invite)
-        request = session.create_invite(
+        self._new_uac_leg(
+            call,
             target,
-            f'"{caller.display_name}" <{caller.uri}>' if caller.display_name else f"<{caller.uri}>",
-            f"<{call.callee}>",
-            invite.body or None,
-            self.now(),
-            extra_headers=extra,
+            peer,
+            agent,
+            from_=f'"{caller.display_name}" <{caller.uri}>'
+            if caller.display_name
+            else f"<{caller.uri}>",
+            to=f"<{call.callee}>",
+            sdp=invite.body or None,
+            extra=extra,
+            forks=call.forks,
+            contact=binding.contact,
         )
-        leg = Leg(f"b{index}", session, peer, agent=agent)
-        call.forks.append(leg)
+        del index
+
+    def _new_uac_leg(
+        self,
+        call: Call,
+        target: str,
+        peer: Peer,
+        agent: str | None,
+        *,
+        from_: str,
+        to: str,
+        sdp: bytes | None,
+        extra: list[tuple[str, str]],
+        forks: list[Leg],
+        contact: str,
+    ) -> Leg:
+        """A new UAC leg (a fork toward one device): INVITE sent, indexed, recorded."""
+        session = InviteClientSession(contact=self.contact_uri, config=self.session_config)
+        request = session.create_invite(target, from_, to, sdp, self.now(), extra_headers=extra)
+        leg = Leg(f"b{call.leg_count}", session, peer, agent=agent)
+        call.leg_count += 1
+        forks.append(leg)
         self._record(
             call,
             LegAdded(
                 at=time.time(),
                 leg_id=leg.name,
-                party=call.callee,
-                contact=binding.contact,
+                party=to.strip("<>"),
+                contact=contact,
                 sip_call_id=session.call_id,
                 agent=agent,
             ),
@@ -431,6 +478,7 @@ class CallManager:
         leg.invite_key = self.runtime.send_request(request, peer)
         self._by_client_key[leg.invite_key] = (call, leg)
         self._by_dialog[(session.call_id, session.local_tag)] = (call, leg)
+        return leg
 
     def _index_server(self, call: Call, leg: Leg) -> None:
         dialog = leg.session.dialog
@@ -495,8 +543,7 @@ class CallManager:
         elif isinstance(event, OptionsReceived | NotifyReceived):
             self._respond(leg, event.request, 200)
         elif isinstance(event, ReferReceived):
-            # Transfers come next; say so instead of pretending (RFC 3515 §2.4.2).
-            self._respond(leg, event.request, 501)
+            self._spawn(self._on_refer(call, leg, event.request))
         elif isinstance(event, RequestAnswered):
             if relay is not None:
                 self._answer_relay(relay, event)
@@ -525,10 +572,14 @@ class CallManager:
             self._respond(leg, req, 491)
             return
         key = self._send_in_dialog(call, other, out)
-        self._relays[key] = Relay(leg, req, server_key(req))
+        if req.body and (ctype or "").startswith("application/sdp"):
+            leg.last_sdp = req.body
+        self._relays[key] = Relay(leg, req, server_key(req), other)
 
     def _answer_relay(self, relay: Relay, event: RequestAnswered) -> None:
         sdp = event.response.body if event.sdp is not None and event.status < 300 else None
+        if sdp is not None:
+            relay.answerer.last_sdp = sdp
         body = b"" if sdp is not None else event.response.body
         ctype = event.response.headers.get("Content-Type") if body else None
         try:
@@ -541,6 +592,9 @@ class CallManager:
 
     # -- call progress ----------------------------------------------------------------------------
     def _on_ringing(self, call: Call, leg: Leg, event: Ringing) -> None:
+        if call.transfer is not None and leg in call.transfer.forks:
+            self._notify_refer(call, call.transfer, "SIP/2.0 180 Ringing", final=False)
+            return
         if call.b is not None or call.ended:
             return
         call.rang = True
@@ -562,6 +616,10 @@ class CallManager:
         self.runtime.send_response(call.a.invite_key, resp)
 
     def _on_answered(self, call: Call, leg: Leg, event: Answered) -> None:
+        leg.last_sdp = event.sdp.to_bytes() if event.sdp is not None else None
+        if call.transfer is not None and leg in call.transfer.forks and not call.ended:
+            self._transfer_answered(call, call.transfer, leg)
+            return
         if call.b is not None or call.ended:
             # A second fork answered: the session already ACKed; BYE it.
             self._bye(call, leg)
@@ -589,6 +647,9 @@ class CallManager:
         log.info("call.answered", leg=leg.name)
 
     def _on_fork_failed(self, call: Call, leg: Leg, status: int) -> None:
+        if call.transfer is not None and leg in call.transfer.forks:
+            self._transfer_fork_failed(call, call.transfer, leg, status)
+            return
         if leg in call.forks:
             call.forks.remove(leg)
         if call.b is not None or call.ended:
@@ -737,6 +798,162 @@ class CallManager:
         self._drain(call, leg)
         self._forget_if_done(call)
 
+    # -- blind transfer (RFC 3515) ------------------------------------------------------
+    async def _on_refer(self, call: Call, leg: Leg, refer: Request) -> None:
+        """REFER from a party (an agent's "transfer" key): we carry it out ourselves.
+
+        The B2BUA does not pass the REFER on (the other party may be a PBX trunk that
+        must not be asked to place calls); it calls the target, connects the remaining
+        party to it with a re-INVITE, and reports progress to the transferor with
+        NOTIFYs of message/sipfrag (RFC 3515 §2.4.4-2.4.5).
+        """
+        other = call.other(leg)
+        refer_to = refer.headers.get("Refer-To")
+        if other is None or refer_to is None or call.transfer is not None or call.ended:
+            self._respond(leg, refer, 400 if refer_to is None else 491)
+            return
+        try:
+            target_uri = parse_name_addr(refer_to).uri
+        except RemoteProtocolError:
+            self._respond(leg, refer, 400)
+            return
+        if not isinstance(target_uri, SipUri) or target_uri.user is None:
+            self._respond(leg, refer, 404)
+            return
+        if target_uri.header("Replaces") is not None:
+            # Attended transfer (RFC 3891) is not built yet: refuse clearly.
+            self._respond(leg, refer, 501)
+            return
+        # The transferor is an agent: route as if it dialled the target (dial rules,
+        # agents, DIDs), so a transfer cannot reach what the agent could not call.
+        if leg.agent is None:
+            self._respond(leg, refer, 403)
+            return
+        route = route_call(
+            Caller(CallerKind.AGENT, leg.agent),
+            target_uri.user,
+            dids=self.config.dids,
+            dial_rules=self.config.dial_rules,
+            agents=self.agents,
+        )
+        if route.kind not in (RouteKind.AGENT, RouteKind.TRUNK) or route.id is None:
+            self._respond(leg, refer, route.status or 404)
+            return
+        aor = f"sip:{route.id}@{self.domain}"
+        bindings = await self.locations.lookup(aor, time.time())
+        if not bindings:
+            self._respond(leg, refer, 480)
+            return
+        transfer = Transfer(
+            leg,
+            refer,
+            target=f"sip:{target_uri.user}@{self.domain}",
+            target_agent=route.id if route.kind is RouteKind.AGENT else None,
+        )
+        call.transfer = transfer
+        self._respond(leg, refer, 202)
+        self._notify_refer(call, transfer, "SIP/2.0 100 Trying", final=False)
+        sdp = other.last_sdp
+        if sdp is not None:
+            # Offer the remaining party's media as two-way even if it sits on hold.
+            with contextlib.suppress(RemoteProtocolError):
+                sdp = parse_sdp(sdp).with_direction("sendrecv").bump_version().to_bytes()
+        for binding in bindings:
+            peer = peer_from_source(binding.source, binding.flow, self.node_id)
+            if peer is None:
+                continue
+            target = binding.contact
+            if route.kind is RouteKind.TRUNK:
+                contact = parse_uri(binding.contact)
+                if isinstance(contact, SipUri):
+                    target = str(contact.replace(user=target_uri.user))
+            self._new_uac_leg(
+                call,
+                target,
+                peer,
+                transfer.target_agent,
+                from_=f"<{call.caller}>" if other is call.a else f"<{call.callee}>",
+                to=f"<{transfer.target}>",
+                sdp=sdp,
+                extra=[("Referred-By", f"<sip:{leg.agent}@{self.domain}>")],
+                forks=transfer.forks,
+                contact=binding.contact,
+            )
+        if not transfer.forks:
+            call.transfer = None
+            self._notify_refer(call, transfer, "SIP/2.0 480 Temporarily Unavailable", final=True)
+        log.info("call.transfer_started", target=transfer.target, forks=len(transfer.forks))
+
+    def _notify_refer(self, call: Call, transfer: Transfer, frag: str, *, final: bool) -> None:
+        state = "terminated;reason=noresource" if final else "active;expires=60"
+        try:
+            notify = transfer.transferor.session.create_request(
+                "NOTIFY",
+                body=(frag + "\r\n").encode(),
+                content_type="message/sipfrag;version=2.0",
+                extra_headers=[("Event", "refer"), ("Subscription-State", state)],
+                now=self.now(),
+            )
+        except LocalProtocolError:
+            return  # the transferor already hung up: nobody to tell
+        self._send_in_dialog(call, transfer.transferor, notify)
+
+    def _transfer_answered(self, call: Call, transfer: Transfer, leg: Leg) -> None:
+        for fork in transfer.forks:
+            if fork is not leg and fork.invite_key is not None:
+                session = fork.session
+                assert isinstance(session, InviteClientSession)
+                with contextlib.suppress(LocalProtocolError):
+                    session.cancel()
+                    self.runtime.endpoint.transactions.cancel(fork.invite_key, self.now())
+        transferor = transfer.transferor
+        remaining = call.other(transferor)
+        assert remaining is not None
+        now_wall = time.time()
+        self._record(call, CallAnswered(at=now_wall, leg_id=leg.name))
+        self._record(
+            call,
+            CallTransferred(
+                at=now_wall,
+                mode=TransferMode.BLIND,
+                target=transfer.target,
+                leg_id=transferor.name,
+            ),
+        )
+        # The target takes the transferor's place in the call.
+        if transferor is call.a:
+            call.a, call.a_agent = leg, transfer.target_agent
+        else:
+            call.b, call.b_agent = leg, transfer.target_agent
+            call.forks = [leg]
+        call.left_agents = (transferor.agent,) if transferor.agent else ()
+        call.transfer = None
+        self._record(
+            call, LegEnded(at=now_wall, leg_id=transferor.name, reason=EndReason.TRANSFERRED)
+        )
+        call.left_agents = ()
+        # Point the remaining party's media at the target (RFC 3264 offer in re-INVITE).
+        if leg.last_sdp is not None:
+            try:
+                reinvite = remaining.session.create_request(
+                    "INVITE", body=leg.last_sdp, content_type="application/sdp", now=self.now()
+                )
+                self._send_in_dialog(call, remaining, reinvite)
+            except LocalProtocolError as exc:
+                log.warning("call.transfer_reinvite_failed", why=str(exc))
+        self._notify_refer(call, transfer, "SIP/2.0 200 OK", final=True)
+        self._bye(call, transferor)
+        log.info("call.transferred", target=transfer.target)
+
+    def _transfer_fork_failed(self, call: Call, transfer: Transfer, leg: Leg, status: int) -> None:
+        transfer.forks.remove(leg)
+        self._record(call, LegEnded(at=time.time(), leg_id=leg.name, reason=end_reason_for(status)))
+        if not transfer.forks and call.transfer is transfer:
+            call.transfer = None
+            reason = "Busy Here" if status == 486 else "Temporarily Unavailable"
+            code = status if status in (486, 603) else 480
+            self._notify_refer(call, transfer, f"SIP/2.0 {code} {reason}", final=True)
+
     # -- records and presence -----------------------------------------------------------
     def _record(self, call: Call, event: CallEvent) -> None:
         if self.tracker is None:
@@ -759,7 +976,9 @@ class CallManager:
                     else (session.call_id, session.local_tag, "")
                 )
             agents.append(AgentOnCall(call.b_agent, call.caller, "inbound", dialog))
-        snapshot = CallSnapshot(call.id, tuple(agents), answered=call.b is not None)
+        snapshot = CallSnapshot(
+            call.id, tuple(agents), answered=call.b is not None, left=call.left_agents
+        )
         self.tracker.post(snapshot, event)
 
     def _spawn(self, coro: Awaitable[None]) -> None:

@@ -47,6 +47,8 @@ class CallSnapshot:
     call_id: str
     agents: tuple[AgentOnCall, ...]
     answered: bool
+    # Agents whose part of the call ends with this event (a transferor).
+    left: tuple[str, ...] = ()
 
 
 class CallTracker:
@@ -92,6 +94,9 @@ class CallTracker:
         await self.records.append(snap.call_id, event)
         if self.presence is None:
             return
+        for agent in snap.left:
+            # A transferor has left the call (blind transfer): its interaction ends.
+            await self.presence.end_interaction(agent, snap.call_id)
         state: InteractionState | None = None
         if isinstance(event, CallOffered | LegAdded):
             state = InteractionState.RINGING
