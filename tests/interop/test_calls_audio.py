@@ -171,6 +171,7 @@ def test_blind_transfer_from_agent_to_agent_keeps_the_caller_with_audio(
     call_a = int(alice.wait_incoming()["call"])
     assert trunk.wait_call_state(call_t, "confirmed")["code"] == 200
     two_way(trunk, call_t, TONE_ALICE, alice, call_a, TONE_TRUNK)
+    alice.wait_call_state(call_a, "confirmed")
 
     alice.transfer(call_a, f"sip:bob@{DOMAIN}")  # REFER, carried out by the B2BUA
     incoming = bob.wait_incoming()
@@ -190,3 +191,47 @@ def test_blind_transfer_from_agent_to_agent_keeps_the_caller_with_audio(
     assert set(record["agents"]) == {"alice", "bob"}, record
     reasons = {leg["agent"]: leg["end_reason"] for leg in record["legs"] if leg["agent"]}
     assert reasons["alice"] == "transferred", record
+
+
+def test_attended_transfer_joins_the_caller_and_the_consulted_agent(
+    node: UcgateProcess, phones: tuple[Softphone, Softphone, Softphone]
+) -> None:
+    trunk, alice, bob = phones
+    register(trunk, node, PBX)
+    register(alice, node, ALICE, auto_answer=200, answer_delay_ms=100)
+    register(bob, node, BOB, auto_answer=200, answer_delay_ms=100)
+    call_t = trunk.make_call(f"sip:+15550100@{DOMAIN}")
+    call_1 = int(alice.wait_incoming()["call"])
+    assert trunk.wait_call_state(call_t, "confirmed")["code"] == 200
+    alice.wait_call_state(call_1, "confirmed")  # the ACK reached her phone
+    alice.hold(call_1)  # the customer waits while alice consults bob
+    trunk.wait_call_event("media_state", call_t, status="remote_hold")
+    call_2 = alice.make_call(f"sip:bob@{DOMAIN}")
+    call_b = int(bob.wait_incoming()["call"])
+    assert alice.wait_call_state(call_2, "confirmed")["code"] == 200
+    two_way(alice, call_2, TONE_BOB, bob, call_b, TONE_ALICE)
+
+    alice.transfer_attended(call_1, call_2)  # REFER with Replaces
+    alice.wait_call_state(call_1, "disconnected", timeout=10)
+    alice.wait_call_state(call_2, "disconnected", timeout=10)
+    trunk.reset_audio(call_t)
+    bob.reset_audio(call_b)
+    # The customer and bob talk, both ways, on their existing dialogs.
+    two_way(trunk, call_t, TONE_BOB, bob, call_b, TONE_TRUNK)
+    bob.hangup(call_b)
+    assert trunk.wait_call_state(call_t, "disconnected")["code"] == 200
+    # Two calls end: the consultation (at the transfer) and the customer's (now).
+    ended: list[object] = []
+
+    def second_end(e: dict[str, object]) -> bool:
+        if e.get("event") == "call.tracked" and e.get("event_type") == "ended":
+            ended.append(e)
+        return len(ended) == 2
+
+    node.wait_log(second_end, 10)
+    status, page = node.http_get("/v1/calls", key=node.api_key)
+    assert status == 200, page
+    customer_call = next(r for r in page["calls"] if r["direction"] == "inbound")
+    assert customer_call["transfers"] == 1, customer_call
+    kinds = [e.get("mode") for e in customer_call["events"] if e["type"] == "transferred"]
+    assert kinds == ["attended"], customer_call

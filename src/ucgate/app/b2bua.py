@@ -820,9 +820,9 @@ class CallManager:
         if not isinstance(target_uri, SipUri) or target_uri.user is None:
             self._respond(leg, refer, 404)
             return
-        if target_uri.header("Replaces") is not None:
-            # Attended transfer (RFC 3891) is not built yet: refuse clearly.
-            self._respond(leg, refer, 501)
+        replaces = target_uri.header("Replaces")
+        if replaces is not None:
+            self._attended_transfer(call, leg, refer, replaces)
             return
         # The transferor is an agent: route as if it dialled the target (dial rules,
         # agents, DIDs), so a transfer cannot reach what the agent could not call.
@@ -883,6 +883,111 @@ class CallManager:
             call.transfer = None
             self._notify_refer(call, transfer, "SIP/2.0 480 Temporarily Unavailable", final=True)
         log.info("call.transfer_started", target=transfer.target, forks=len(transfer.forks))
+
+    def _attended_transfer(self, call: Call, leg: Leg, refer: Request, replaces: str) -> None:
+        """REFER with Replaces (RFC 3891, RFC 5589 §7): the transferor talks to the party
+        of ``call`` and, in a second call, to the target; the two remaining parties are
+        joined and the transferor leaves both calls.
+
+        Both calls run through us, so instead of asking the transferee to send an INVITE
+        with Replaces we splice the legs ourselves: each remaining party gets a re-INVITE
+        with the other's media, the target's leg moves into this call, and the
+        transferor's two legs are hung up.
+        """
+        cid, _, params = replaces.partition(";")
+        tags = dict(p.strip().split("=", 1) for p in params.split(";") if "=" in p)
+        found = None
+        for tag in (tags.get("to-tag"), tags.get("from-tag")):
+            if tag is not None:
+                found = found or self._by_dialog.get((cid.strip(), tag))
+        if found is None:
+            self._respond(leg, refer, 481)  # RFC 3891 §3: no such dialog
+            return
+        call2, leg2 = found
+        target = call2.other(leg2)
+        remaining = call.other(leg)
+        if (
+            call2 is call
+            or target is None
+            or remaining is None
+            or leg2.agent != leg.agent  # only the dialog's own party may hand it over
+            or call2.ended
+        ):
+            self._respond(leg, refer, 403 if leg2.agent != leg.agent else 481)
+            return
+        transfer = Transfer(
+            leg,
+            refer,
+            target=call2.callee if leg2 is call2.a else call2.caller,
+            target_agent=target.agent,
+        )
+        self._respond(leg, refer, 202)
+        self._notify_refer(call, transfer, "SIP/2.0 100 Trying", final=False)
+        now_wall = time.time()
+        # Take the target's leg out of the second call, which ends for the transferor.
+        if target is call2.b:
+            call2.b, call2.b_agent = None, None
+            call2.forks = []
+        else:
+            call2.a, call2.a_agent = leg2, leg2.agent
+        call2.left_agents = (target.agent,) if target.agent else ()
+        self._end(call2, EndReason.CALLER_BYE if leg2 is call2.a else EndReason.CALLEE_BYE)
+        call2.left_agents = ()
+        self._bye(call2, leg2)
+        for dkey, (_, lg) in list(self._by_dialog.items()):
+            if lg is target:
+                self._by_dialog[dkey] = (call, target)
+        for tkey, (_, lg) in list(self._by_client_key.items()):
+            if lg is target:
+                self._by_client_key[tkey] = (call, target)
+        # Into this call, in the transferor's place.
+        target.name = f"b{call.leg_count}"
+        call.leg_count += 1
+        self._record(
+            call,
+            LegAdded(
+                at=now_wall,
+                leg_id=target.name,
+                party=transfer.target,
+                agent=target.agent,
+                sip_call_id=target.session.dialog.call_id if target.session.dialog else None,
+            ),
+        )
+        self._record(call, CallAnswered(at=now_wall, leg_id=target.name))
+        self._record(
+            call,
+            CallTransferred(
+                at=now_wall,
+                mode=TransferMode.ATTENDED,
+                target=transfer.target,
+                leg_id=leg.name,
+            ),
+        )
+        if leg is call.a:
+            call.a, call.a_agent = target, target.agent
+        else:
+            call.b, call.b_agent = target, target.agent
+            call.forks = [target]
+        call.left_agents = (leg.agent,) if leg.agent else ()
+        self._record(call, LegEnded(at=now_wall, leg_id=leg.name, reason=EndReason.TRANSFERRED))
+        call.left_agents = ()
+        # Each remaining party's media now goes to the other (RFC 3264 offers).
+        for party, peer_leg in ((remaining, target), (target, remaining)):
+            sdp = peer_leg.last_sdp
+            if sdp is None:
+                continue
+            with contextlib.suppress(RemoteProtocolError):
+                sdp = parse_sdp(sdp).with_direction("sendrecv").bump_version().to_bytes()
+            try:
+                reinvite = party.session.create_request(
+                    "INVITE", body=sdp, content_type="application/sdp", now=self.now()
+                )
+                self._send_in_dialog(call, party, reinvite)
+            except LocalProtocolError as exc:
+                log.warning("call.transfer_reinvite_failed", why=str(exc))
+        self._notify_refer(call, transfer, "SIP/2.0 200 OK", final=True)
+        self._bye(call, leg)
+        log.info("call.transferred", target=transfer.target, mode="attended", merged=call2.id)
 
     def _notify_refer(self, call: Call, transfer: Transfer, frag: str, *, final: bool) -> None:
         state = "terminated;reason=noresource" if final else "active;expires=60"
