@@ -248,3 +248,51 @@ def test_unauthenticated_caller_cannot_dial_out(node: UcgateProcess, tmp_path: P
         assert recv_status(cli, 401).status == 401
     finally:
         cli.close()
+
+
+def test_blf_watcher_sees_ringing_then_confirmed_then_idle(node: UcgateProcess) -> None:
+    from tests.interop.test_presence_sip import Watcher
+
+    blf = Watcher(node, BOB)  # bob's desk phone has a BLF key for alice
+    dev = register(node, ALICE)
+    trunk = RawSipClient("udp", node.sip_port)
+    try:
+        assert blf.subscribe("alice", event="dialog").status == 200
+        idle = blf.wait_notify(lambda n: True)
+        assert b"<dialog " not in idle.body
+        call_id = secrets.token_hex(6)
+        invite(trunk, "+15550100", call_id)
+        inv = recv_request(dev, "INVITE")
+        dev.respond(inv, 180, "Ringing", to_tag="r1")
+        early = blf.wait_notify(lambda n: b"<state>early</state>" in n.body)
+        assert b'direction="recipient"' in early.body
+        assert b"+15551234567" in early.body  # the remote party's identity on the key
+        dev.respond(
+            inv,
+            200,
+            "OK",
+            to_tag="r1",
+            body=SDP,
+            headers=[
+                ("Contact", f"<sip:alice@127.0.0.1:{dev.local_port}>"),
+                ("Content-Type", "application/sdp"),
+            ],
+        )
+        ok = recv_status(trunk, 200)
+        blf.wait_notify(lambda n: b"<state>confirmed</state>" in n.body)
+        contact = ok.headers.values("Contact")[0].strip("<>")
+        common = [
+            ("From", "<sip:+15551234567@pbx.example>;tag=t1"),
+            ("To", ok.headers.get("To")),
+            ("Call-ID", call_id),
+        ]
+        trunk.request("ACK", contact, [*common, ("CSeq", "1 ACK")])
+        trunk.request("BYE", contact, [*common, ("CSeq", "2 BYE")])
+        bye = recv_request(dev, "BYE")
+        dev.respond(bye, 200)
+        # After the call alice is in wrap-up: the key shows the dialog terminated.
+        blf.wait_notify(lambda n: b"<state>terminated</state>" in n.body)
+    finally:
+        for c in (dev, trunk):
+            c.close()
+        blf.close()
