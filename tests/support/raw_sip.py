@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import socket
 import ssl
+import struct
 
 from ucgate.sip.digest import DigestChallenge, build_authorization
 from ucgate.sip.framing import StreamFramer
@@ -17,14 +18,26 @@ from ucgate.sip.parser import parse_message
 
 
 class RawSipClient:
-    def __init__(self, kind: str, port: int, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        local_port: int = 0,
+    ) -> None:
+        """``local_port`` pins the source port: a REGISTER sent from the port another
+        process (a sipp UAS) will listen on makes that process the registered device, since
+        the B2BUA sends to the binding's source address (RFC 3261 §18.2.2 / RFC 5626)."""
         self.kind = kind
         self.target = ("127.0.0.1", port)
         if kind == "udp":
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.sock.bind(("127.0.0.1", 0))
+            self.sock.bind(("127.0.0.1", local_port))
         else:
-            raw = socket.create_connection(self.target, timeout=5)
+            raw = socket.create_connection(
+                self.target, timeout=5, source_address=("127.0.0.1", local_port)
+            )
             self.sock = (
                 ssl_context.wrap_socket(raw, server_hostname="127.0.0.1")
                 if kind == "tls" and ssl_context is not None
@@ -36,7 +49,11 @@ class RawSipClient:
         self.call_id = secrets.token_hex(8)
         self.cseq = 0
 
-    def close(self) -> None:
+    def close(self, *, reset: bool = False) -> None:
+        """``reset`` closes a TCP connection with RST (SO_LINGER 0): no TIME_WAIT is left
+        on the local port, so another process can listen on it at once."""
+        if reset and self.kind != "udp":
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
 
     def send(self, data: bytes) -> None:

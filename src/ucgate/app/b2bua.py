@@ -953,24 +953,7 @@ class CallManager:
                 sip_call_id=target.session.dialog.call_id if target.session.dialog else None,
             ),
         )
-        self._record(call, CallAnswered(at=now_wall, leg_id=target.name))
-        self._record(
-            call,
-            CallTransferred(
-                at=now_wall,
-                mode=TransferMode.ATTENDED,
-                target=transfer.target,
-                leg_id=leg.name,
-            ),
-        )
-        if leg is call.a:
-            call.a, call.a_agent = target, target.agent
-        else:
-            call.b, call.b_agent = target, target.agent
-            call.forks = [target]
-        call.left_agents = (leg.agent,) if leg.agent else ()
-        self._record(call, LegEnded(at=now_wall, leg_id=leg.name, reason=EndReason.TRANSFERRED))
-        call.left_agents = ()
+        self._take_place(call, leg, target, TransferMode.ATTENDED, transfer.target, now_wall)
         # Each remaining party's media now goes to the other (RFC 3264 offers).
         for party, peer_leg in ((remaining, target), (target, remaining)):
             sdp = peer_leg.last_sdp
@@ -988,6 +971,30 @@ class CallManager:
         self._notify_refer(call, transfer, "SIP/2.0 200 OK", final=True)
         self._bye(call, leg)
         log.info("call.transferred", target=transfer.target, mode="attended", merged=call2.id)
+
+    def _take_place(
+        self,
+        call: Call,
+        transferor: Leg,
+        target: Leg,
+        mode: TransferMode,
+        target_uri: str,
+        at: float,
+    ) -> None:
+        """``target`` (answered) replaces ``transferor`` in ``call``; recorded as a transfer
+        and, for presence, as the transferor leaving."""
+        self._record(call, CallAnswered(at=at, leg_id=target.name))
+        self._record(
+            call, CallTransferred(at=at, mode=mode, target=target_uri, leg_id=transferor.name)
+        )
+        if transferor is call.a:
+            call.a, call.a_agent = target, target.agent
+        else:
+            call.b, call.b_agent = target, target.agent
+            call.forks = [target]
+        call.left_agents = (transferor.agent,) if transferor.agent else ()
+        self._record(call, LegEnded(at=at, leg_id=transferor.name, reason=EndReason.TRANSFERRED))
+        call.left_agents = ()
 
     def _notify_refer(self, call: Call, transfer: Transfer, frag: str, *, final: bool) -> None:
         state = "terminated;reason=noresource" if final else "active;expires=60"
@@ -1015,28 +1022,8 @@ class CallManager:
         remaining = call.other(transferor)
         assert remaining is not None
         now_wall = time.time()
-        self._record(call, CallAnswered(at=now_wall, leg_id=leg.name))
-        self._record(
-            call,
-            CallTransferred(
-                at=now_wall,
-                mode=TransferMode.BLIND,
-                target=transfer.target,
-                leg_id=transferor.name,
-            ),
-        )
-        # The target takes the transferor's place in the call.
-        if transferor is call.a:
-            call.a, call.a_agent = leg, transfer.target_agent
-        else:
-            call.b, call.b_agent = leg, transfer.target_agent
-            call.forks = [leg]
-        call.left_agents = (transferor.agent,) if transferor.agent else ()
         call.transfer = None
-        self._record(
-            call, LegEnded(at=now_wall, leg_id=transferor.name, reason=EndReason.TRANSFERRED)
-        )
-        call.left_agents = ()
+        self._take_place(call, transferor, leg, TransferMode.BLIND, transfer.target, now_wall)
         # Point the remaining party's media at the target (RFC 3264 offer in re-INVITE).
         if leg.last_sdp is not None:
             try:
