@@ -27,7 +27,7 @@ import builtins
 import json
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -36,6 +36,7 @@ import structlog
 
 from ucgate.calls.records import CallEvent, CallOffered, CallRecord, CallRecordError
 from ucgate.store.location import StoreUnavailable
+from ucgate.store.write_behind import WriteBehind
 
 __all__ = [
     "MAX_PAGE",
@@ -218,8 +219,9 @@ class MemoryCallRecordStore:
         # Sorted ascending by (started_at, id); lists are read backwards (newest first).
         self._index: list[_SortKey] = []
         self._by_agent: dict[str, list[_SortKey]] = {}
-        self._dirty: set[str] = set()
-        self._flush_lock = asyncio.Lock()
+        self._wb: WriteBehind[str] = WriteBehind(
+            "calls", self._snapshot, journal.close if journal is not None else None
+        )
 
     @classmethod
     async def open(cls, data_dir: Path | None) -> MemoryCallRecordStore:
@@ -240,7 +242,7 @@ class MemoryCallRecordStore:
         current = self._records.get(call_id)
         record = next_record(current, call_id, event)
         self._put(current, record)
-        self._dirty.add(call_id)
+        self._wb.mark(call_id)
         return record
 
     def _put(self, old: CallRecord | None, record: CallRecord) -> None:
@@ -282,33 +284,19 @@ class MemoryCallRecordStore:
         return len(self._records)
 
     async def flush(self) -> None:
-        async with self._flush_lock:
-            if self._journal is None or not self._dirty:
-                return
-            dirty, self._dirty = self._dirty, set()
-            # Records are frozen: the worker thread reads a consistent snapshot.
-            snapshot = [self._records[call_id] for call_id in dirty]
-            try:
-                await asyncio.to_thread(self._journal.write, snapshot)
-            except sqlite3.Error as exc:
-                self._dirty |= dirty
-                raise StoreUnavailable(f"calls journal write failed: {exc}") from exc
-            except BaseException:
-                self._dirty |= dirty
-                raise
+        await self._wb.flush()
 
     async def run_flusher(self, interval: float = 0.2) -> None:
         """Flush every ``interval`` seconds until cancelled; a failed flush is retried."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.flush()
-            except StoreUnavailable as exc:
-                log.warning("calls.flush_failed", error=str(exc))
+        await self._wb.run_flusher(interval, self.flush)
+
+    def _snapshot(self, dirty: set[str]) -> Callable[[], None]:
+        # Records are frozen: the worker thread reads a consistent snapshot.
+        snapshot = [self._records[call_id] for call_id in dirty]
+        journal = self._journal
+        assert journal is not None
+        return lambda: journal.write(snapshot)
 
     async def close(self) -> None:
-        if self._journal is None:
-            return
-        await self.flush()
-        journal, self._journal = self._journal, None
-        await asyncio.to_thread(journal.close)
+        await self._wb.close()
+        self._journal = None

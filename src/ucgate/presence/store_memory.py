@@ -31,7 +31,7 @@ import json
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -47,6 +47,7 @@ from ucgate.presence.store import (
     StoreUnavailable,
     UpdateFn,
 )
+from ucgate.store.write_behind import WriteBehind
 
 log = structlog.get_logger(__name__)
 
@@ -172,8 +173,9 @@ class MemoryPresenceStore:
         self._floor = 0
         self._log: deque[PresenceChange] = deque(maxlen=change_log_size)
         self._fanout = ChangeFanout(max_pending=max_pending)
-        self._dirty: set[str] = set()
-        self._flush_lock = asyncio.Lock()
+        self._wb: WriteBehind[str] = WriteBehind(
+            "presence", self._snapshot, journal.close if journal is not None else None
+        )
 
     @classmethod
     async def open(
@@ -212,7 +214,7 @@ class MemoryPresenceStore:
         if sources.agent != agent:
             raise ValueError(f"sources of {sources.agent!r} stored under {agent!r}")
         document = compose(sources)
-        self._dirty.add(agent)
+        self._wb.mark(agent)
         if row is not None and document.same_content(row.document):
             self._rows[agent] = _Row(sources, row.document)
             return None
@@ -253,39 +255,25 @@ class MemoryPresenceStore:
         return self._fanout.subscribe(max_pending)
 
     async def flush(self) -> None:
-        async with self._flush_lock:
-            if self._journal is None or not self._dirty:
-                return
-            dirty, self._dirty = self._dirty, set()
-            # Rows are frozen, so the worker thread reads a consistent snapshot while the
-            # loop goes on replacing them.
-            snapshot = {agent: self._rows[agent] for agent in dirty if agent in self._rows}
-            try:
-                await asyncio.to_thread(self._journal.write, self._version, snapshot)
-            except sqlite3.Error as exc:
-                self._dirty |= dirty
-                raise StoreUnavailable(f"presence journal write failed: {exc}") from exc
-            except BaseException:
-                # Cancelled: the thread may or may not have committed; write again next time.
-                self._dirty |= dirty
-                raise
+        await self._wb.flush()
 
     async def run_flusher(self, interval: float = 0.2) -> None:
         """Flush every ``interval`` seconds until cancelled; a failed flush is retried."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.flush()
-            except StoreUnavailable as exc:
-                log.warning("presence.flush_failed", error=str(exc))
+        await self._wb.run_flusher(interval, self.flush)
+
+    def _snapshot(self, dirty: set[str]) -> Callable[[], None]:
+        # Rows are frozen, so the worker thread reads a consistent snapshot while the
+        # loop goes on replacing them.
+        snapshot = {agent: self._rows[agent] for agent in dirty if agent in self._rows}
+        version = self._version
+        journal = self._journal
+        assert journal is not None
+        return lambda: journal.write(version, snapshot)
 
     async def close(self) -> None:
         self._fanout.close()
-        if self._journal is None:
-            return
-        await self.flush()
-        journal, self._journal = self._journal, None
-        await asyncio.to_thread(journal.close)
+        await self._wb.close()
+        self._journal = None
 
 
 def _dumps(data: object) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import structlog
@@ -35,6 +35,7 @@ from ucgate.store.location import (
     sort_bindings,
 )
 from ucgate.store.sqlite_journal import SqliteJournal
+from ucgate.store.write_behind import WriteBehind
 
 log = structlog.get_logger(__name__)
 
@@ -50,8 +51,9 @@ class MemoryLocationStore:
         self._aors: dict[str, dict[str, Binding]] = {}
         self._heap: list[_HeapEntry] = []
         self._count = 0
-        self._dirty: set[str] = set()
-        self._flush_lock = asyncio.Lock()
+        self._wb: WriteBehind[str] = WriteBehind(
+            "location", self._snapshot, journal.close if journal is not None else None
+        )
 
     @classmethod
     async def open(cls, *, node_id: str, data_dir: Path | None, now: float) -> MemoryLocationStore:
@@ -78,7 +80,7 @@ class MemoryLocationStore:
             live = {b.contact: b for b in bindings if b.expires_at > now}
             dropped += len(bindings) - len(live)
             if len(live) != len(bindings):
-                self._dirty.add(aor)
+                self._wb.mark(aor)
             if live:
                 self._aors[aor] = live
                 self._count += len(live)
@@ -106,7 +108,7 @@ class MemoryLocationStore:
             self._aors[aor] = new
         else:
             self._aors.pop(aor, None)
-        self._dirty.add(aor)
+        self._wb.mark(aor)
         self._maybe_compact()
         return sort_bindings(result)
 
@@ -123,7 +125,7 @@ class MemoryLocationStore:
             if not bindings:
                 del self._aors[aor]
             self._count -= 1
-            self._dirty.add(aor)
+            self._wb.mark(aor)
             removed.append(binding)
         return removed
 
@@ -140,38 +142,23 @@ class MemoryLocationStore:
         return sorted(self._aors)
 
     async def flush(self) -> None:
-        async with self._flush_lock:
-            if self._journal is None or not self._dirty:
-                return
-            dirty, self._dirty = self._dirty, set()
-            # Bindings are frozen and these tuples are fresh, so the worker thread reads a
-            # consistent snapshot while the loop keeps mutating the dicts.
-            snapshot = {aor: tuple(self._aors.get(aor, {}).values()) for aor in dirty}
-            try:
-                await asyncio.to_thread(self._journal.write, snapshot)
-            except sqlite3.Error as exc:
-                self._dirty |= dirty
-                raise StoreUnavailable(f"location journal write failed: {exc}") from exc
-            except BaseException:
-                # Cancelled: the thread may or may not have committed; write again next time.
-                self._dirty |= dirty
-                raise
+        await self._wb.flush()
 
     async def run_flusher(self, interval: float = 0.2) -> None:
         """Flush every ``interval`` seconds until cancelled; a failed flush is retried."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.flush()
-            except StoreUnavailable as exc:
-                log.warning("location.flush_failed", error=str(exc))
+        await self._wb.run_flusher(interval, self.flush)
+
+    def _snapshot(self, dirty: set[str]) -> Callable[[], None]:
+        # Bindings are frozen and these tuples are fresh, so the worker thread reads a
+        # consistent snapshot while the loop keeps mutating the dicts.
+        snapshot = {aor: tuple(self._aors.get(aor, {}).values()) for aor in dirty}
+        journal = self._journal
+        assert journal is not None
+        return lambda: journal.write(snapshot)
 
     async def close(self) -> None:
-        if self._journal is None:
-            return
-        await self.flush()
-        journal, self._journal = self._journal, None
-        await asyncio.to_thread(journal.close)
+        await self._wb.close()
+        self._journal = None
 
     def _is_current(self, entry: _HeapEntry) -> bool:
         expires_at, aor, contact = entry
