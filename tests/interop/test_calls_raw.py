@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -296,3 +297,68 @@ def test_blf_watcher_sees_ringing_then_confirmed_then_idle(node: UcgateProcess) 
         for c in (dev, trunk):
             c.close()
         blf.close()
+
+
+def test_outbound_call_answers_the_pbx_challenge_with_the_trunk_credentials(
+    node: UcgateProcess,
+) -> None:
+    from ucgate.sip.digest import DigestAuthenticator, UserSecret
+
+    pbx_realm = "pbx.example"
+    pbx_auth = DigestAuthenticator(pbx_realm, secret_key=b"k" * 32)
+    trunk = register(node, PBX)  # the PBX registered as trunk pbx1
+    alice = RawSipClient("udp", node.sip_port)
+    try:
+        uri = "sip:+15557654321@example.test"
+        headers = [
+            ("From", "<sip:alice@example.test>;tag=a1"),
+            ("To", f"<{uri}>"),
+            ("Call-ID", secrets.token_hex(6)),
+            ("Contact", f"<sip:alice@127.0.0.1:{alice.local_port}>"),
+            ("Content-Type", "application/sdp"),
+        ]
+        alice.request("INVITE", uri, [*headers, ("CSeq", "1 INVITE")], body=SDP)
+        challenge = recv_status(alice, 401)
+        auth = alice.authorize(
+            challenge, method="INVITE", uri=uri, user=ALICE.id, password=ALICE.password
+        )
+        alice.request(
+            "INVITE", uri, [*headers, ("CSeq", "2 INVITE"), ("Authorization", auth)], body=SDP
+        )
+        first = recv_request(trunk, "INVITE")
+        assert first.uri.startswith("sip:+15557654321@127.0.0.1"), first.uri
+        # The PBX wants proof: 407 (RFC 3261 §22.3), then checks the retried INVITE.
+        trunk.respond(
+            first,
+            407,
+            "Proxy Authentication Required",
+            to_tag="p1",
+            headers=[("Proxy-Authenticate", v) for v in pbx_auth.challenge(time.time())],
+        )
+        recv_request(trunk, "ACK")
+        second = recv_request(trunk, "INVITE")
+        result = pbx_auth.verify(
+            method="INVITE",
+            request_uri=second.uri,
+            authorization=second.headers.get("Proxy-Authorization") or "",
+            lookup=lambda user: (
+                UserSecret.from_password(user, pbx_realm, PBX.password) if user == PBX.id else None
+            ),
+            now=time.time(),
+        )
+        assert result.ok and result.username == PBX.id, result
+        trunk.respond(
+            second,
+            200,
+            "OK",
+            to_tag="p2",
+            body=SDP,
+            headers=[
+                ("Contact", f"<sip:pbx@127.0.0.1:{trunk.local_port}>"),
+                ("Content-Type", "application/sdp"),
+            ],
+        )
+        assert recv_status(alice, 200).body == SDP
+    finally:
+        trunk.close()
+        alice.close()

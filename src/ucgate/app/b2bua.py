@@ -51,6 +51,7 @@ from ucgate.calls.routing import (
 )
 from ucgate.config import UcgateConfig
 from ucgate.sip.auth_gate import DigestGate
+from ucgate.sip.digest import build_authorization, pick_challenge
 from ucgate.sip.errors import LocalProtocolError, RemoteProtocolError
 from ucgate.sip.fields import call_id, from_, parse_name_addr, to
 from ucgate.sip.invite_session import (
@@ -111,6 +112,9 @@ class Leg:
     # The last SDP this leg's device sent (offer or answer): what a transfer target is
     # offered so the remaining party's media can reach it.
     last_sdp: bytes | None = None
+    # The trunk a leg leaves through (its credentials answer the PBX's challenge).
+    trunk: str | None = None
+    auth_tries: int = 0
 
 
 @dataclass(eq=False)
@@ -417,6 +421,7 @@ class CallManager:
         if peer is None:
             return
         target = binding.contact
+        trunk_id = binding.aor[4:].split("@", 1)[0] if kind is RouteKind.TRUNK else None
         if kind is RouteKind.TRUNK:
             # Out through the trunk's registered contact, with the dialled number as the
             # user part (what a PBX routes on).
@@ -441,6 +446,7 @@ class CallManager:
             extra=extra,
             forks=call.forks,
             contact=binding.contact,
+            trunk=trunk_id,
         )
         del index
 
@@ -457,11 +463,12 @@ class CallManager:
         extra: list[tuple[str, str]],
         forks: list[Leg],
         contact: str,
+        trunk: str | None = None,
     ) -> Leg:
         """A new UAC leg (a fork toward one device): INVITE sent, indexed, recorded."""
         session = InviteClientSession(contact=self.contact_uri, config=self.session_config)
         request = session.create_invite(target, from_, to, sdp, self.now(), extra_headers=extra)
-        leg = Leg(f"b{call.leg_count}", session, peer, agent=agent)
+        leg = Leg(f"b{call.leg_count}", session, peer, agent=agent, trunk=trunk)
         call.leg_count += 1
         forks.append(leg)
         self._record(
@@ -520,7 +527,8 @@ class CallManager:
         elif isinstance(event, Answered):
             self._on_answered(call, leg, event)
         elif isinstance(event, Rejected):
-            self._on_fork_failed(call, leg, event.status)
+            if not self._answer_challenge(call, leg, event):
+                self._on_fork_failed(call, leg, event.status)
         elif isinstance(event, SessionTerminated):
             self._on_terminated(call, leg, event.reason)
         elif isinstance(event, ResponseRetransmissionDue):
@@ -645,6 +653,39 @@ class CallManager:
         self.runtime.send_response(call.a.invite_key, resp)
         self._drain(call, call.a)
         log.info("call.answered", leg=leg.name)
+
+    def _answer_challenge(self, call: Call, leg: Leg, event: Rejected) -> bool:
+        """A PBX challenged our INVITE on a trunk leg: retry once with the trunk's
+        credentials (RFC 3261 §22.2-22.3). True when the INVITE went out again."""
+        if event.status not in (401, 407) or leg.trunk is None or leg.auth_tries >= 1:
+            return False
+        trunk = next((t for t in self.config.trunks if t.id == leg.trunk), None)
+        session = leg.session
+        if trunk is None or trunk.password is None or not isinstance(session, InviteClientSession):
+            # An HA1 is bound to our realm; a PBX's realm needs the clear password.
+            return False
+        header = "WWW-Authenticate" if event.status == 401 else "Proxy-Authenticate"
+        challenge = pick_challenge(event.response.headers.get_all(header))
+        if challenge is None or session.invite is None:
+            return False
+        credentials = build_authorization(
+            challenge,
+            method="INVITE",
+            uri=session.invite.uri,
+            username=trunk.id,
+            cnonce=secrets.token_hex(8),
+            password=trunk.password.get_secret_value(),
+        )
+        name = "Authorization" if event.status == 401 else "Proxy-Authorization"
+        try:
+            request = session.retry_invite(extra_headers=[(name, credentials)])
+        except LocalProtocolError:
+            return False
+        leg.auth_tries += 1
+        leg.invite_key = self.runtime.send_request(request, leg.peer)
+        self._by_client_key[leg.invite_key] = (call, leg)
+        log.info("call.trunk_challenge_answered", trunk=trunk.id, status=event.status)
+        return True
 
     def _on_fork_failed(self, call: Call, leg: Leg, status: int) -> None:
         if call.transfer is not None and leg in call.transfer.forks:
@@ -878,6 +919,7 @@ class CallManager:
                 extra=[("Referred-By", f"<sip:{leg.agent}@{self.domain}>")],
                 forks=transfer.forks,
                 contact=binding.contact,
+                trunk=route.id if route.kind is RouteKind.TRUNK else None,
             )
         if not transfer.forks:
             call.transfer = None
