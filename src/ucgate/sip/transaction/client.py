@@ -25,6 +25,7 @@ from ucgate.sip.transaction.events import (
     TransportErrorOccurred,
 )
 from ucgate.sip.transaction.key import TxKey
+from ucgate.sip.transaction.machine import TimedMachine
 from ucgate.sip.transaction.timers import Deadlines, TimerConfig
 
 # §8.1.1: the headers a response copies from its request; enough for the TU to match a
@@ -125,9 +126,11 @@ _INVITE_KIND_INPUT = {
 }
 
 
-class InviteClientTransaction:
+class InviteClientTransaction(TimedMachine[InviteClientState, InviteClientInput]):
     """§17.1.1 with the RFC 6026 Accepted state. Also carries the CANCEL bookkeeping of
     §9.1: a CANCEL may only go out once a provisional response arrived."""
+
+    TERMINAL = _ICS.TERMINATED
 
     def __init__(self, key: TxKey, request: Request, peer: Peer, config: TimerConfig) -> None:
         self.key = key
@@ -167,26 +170,15 @@ class InviteClientTransaction:
         self._timers.stop(_ICI.TIMER_C)
         self._timers.arm(_ICI.CANCEL_GUARD, now + self.config.cancel_guard)
 
-    def handle_timer(self, now: float) -> None:
-        while self.state is not _ICS.TERMINATED:
-            timer = self._timers.pop_due(now)
-            if timer is None:
-                return
-            self._input(timer, None, now)
-
-    def next_deadline(self) -> float | None:
-        return self._timers.next()
-
-    @property
-    def terminated(self) -> bool:
-        return self.state is _ICS.TERMINATED
-
     @property
     def can_cancel(self) -> bool:
         """§9.1: a CANCEL is sent only after a provisional and before a final response."""
         return self.state is _ICS.PROCEEDING
 
     # -- machinery -----------------------------------------------------------------
+
+    def _fire(self, timer: InviteClientInput, now: float) -> None:
+        self._input(timer, None, now)
 
     def _input(self, inp: InviteClientInput, response: Response | None, now: float) -> None:
         entry = INVITE_CLIENT_TABLE.get((self.state, inp))
@@ -350,8 +342,10 @@ NON_INVITE_CLIENT_TABLE: dict[
 }
 
 
-class NonInviteClientTransaction:
+class NonInviteClientTransaction(TimedMachine[NonInviteClientState, NonInviteClientInput]):
     """§17.1.2 (also used for CANCEL, which is a non-INVITE transaction of its own)."""
+
+    TERMINAL = _NCS.TERMINATED
 
     def __init__(self, key: TxKey, request: Request, peer: Peer, config: TimerConfig) -> None:
         self.key = key
@@ -380,19 +374,8 @@ class NonInviteClientTransaction:
     def transport_error(self, now: float) -> None:
         self._input(_NCI.TRANSPORT_ERROR, None, now)
 
-    def handle_timer(self, now: float) -> None:
-        while self.state is not _NCS.TERMINATED:
-            timer = self._timers.pop_due(now)
-            if timer is None:
-                return
-            self._input(timer, None, now)
-
-    def next_deadline(self) -> float | None:
-        return self._timers.next()
-
-    @property
-    def terminated(self) -> bool:
-        return self.state is _NCS.TERMINATED
+    def _fire(self, timer: NonInviteClientInput, now: float) -> None:
+        self._input(timer, None, now)
 
     def _input(self, inp: NonInviteClientInput, response: Response | None, now: float) -> None:
         entry = NON_INVITE_CLIENT_TABLE.get((self.state, inp))

@@ -23,6 +23,7 @@ from ucgate.sip.transaction.events import (
     TransportErrorOccurred,
 )
 from ucgate.sip.transaction.key import TxKey
+from ucgate.sip.transaction.machine import TimedMachine
 from ucgate.sip.transaction.timers import Deadlines, TimerConfig
 
 # ---------------------------------------------------------------------------- INVITE server
@@ -88,8 +89,10 @@ INVITE_SERVER_TABLE: dict[
 _TU_INPUTS = frozenset({_ISI.TU_PROVISIONAL, _ISI.TU_SUCCESS, _ISI.TU_FAILURE})
 
 
-class InviteServerTransaction:
+class InviteServerTransaction(TimedMachine[InviteServerState, InviteServerInput]):
     """§17.2.1 with the RFC 6026 Accepted state."""
+
+    TERMINAL = _ISS.TERMINATED
 
     def __init__(self, key: TxKey, request: Request, peer: Peer, config: TimerConfig) -> None:
         self.key = key
@@ -129,19 +132,8 @@ class InviteServerTransaction:
     def transport_error(self, now: float) -> None:
         self._input(_ISI.TRANSPORT_ERROR, None, None, now)
 
-    def handle_timer(self, now: float) -> None:
-        while self.state is not _ISS.TERMINATED:
-            timer = self._timers.pop_due(now)
-            if timer is None:
-                return
-            self._input(timer, None, None, now)
-
-    def next_deadline(self) -> float | None:
-        return self._timers.next()
-
-    @property
-    def terminated(self) -> bool:
-        return self.state is _ISS.TERMINATED
+    def _fire(self, timer: InviteServerInput, now: float) -> None:
+        self._input(timer, None, None, now)
 
     def _input(
         self, inp: InviteServerInput, msg: Message | None, peer: Peer | None, now: float
@@ -250,8 +242,10 @@ NON_INVITE_SERVER_TABLE: dict[
 _NS_TU_INPUTS = frozenset({_NSI.TU_PROVISIONAL, _NSI.TU_FINAL})
 
 
-class NonInviteServerTransaction:
+class NonInviteServerTransaction(TimedMachine[NonInviteServerState, NonInviteServerInput]):
     """§17.2.2 (also answers CANCEL, a non-INVITE transaction of its own, §9.2)."""
+
+    TERMINAL = _NSS.TERMINATED
 
     def __init__(self, key: TxKey, request: Request, peer: Peer, config: TimerConfig) -> None:
         self.key = key
@@ -276,19 +270,8 @@ class NonInviteServerTransaction:
     def transport_error(self, now: float) -> None:
         self._input(_NSI.TRANSPORT_ERROR, None, now)
 
-    def handle_timer(self, now: float) -> None:
-        while self.state is not _NSS.TERMINATED:
-            timer = self._timers.pop_due(now)
-            if timer is None:
-                return
-            self._input(timer, None, now)
-
-    def next_deadline(self) -> float | None:
-        return self._timers.next()
-
-    @property
-    def terminated(self) -> bool:
-        return self.state is _NSS.TERMINATED
+    def _fire(self, timer: NonInviteServerInput, now: float) -> None:
+        self._input(timer, None, now)
 
     def _input(self, inp: NonInviteServerInput, response: Response | None, now: float) -> None:
         entry = NON_INVITE_SERVER_TABLE.get((self.state, inp))
