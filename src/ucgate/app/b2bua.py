@@ -44,6 +44,7 @@ from ucgate.calls.records import (
 from ucgate.calls.routing import (
     Caller,
     CallerKind,
+    Route,
     RouteKind,
     classify_caller,
     no_answer_status,
@@ -130,6 +131,23 @@ class Transfer:
 
 
 @dataclass(eq=False)
+class Origination:
+    """A call ucgate places itself (elevation of a chat, click-to-call): first the agent's
+    devices ring; once the agent answers, the customer is called with the agent's media
+    description and finally the agent is re-INVITEd with the customer's (RFC 3725
+    third-party call control, the flow that needs no late-offer support in phones)."""
+
+    agent: str
+    to: str
+    route: Route
+    session_id: str | None
+    phase: str = "agent"  # agent → customer → connected
+    agent_forks: list[Leg] = field(default_factory=list)
+    customer_forks: list[Leg] = field(default_factory=list)
+    done: asyncio.Future[str] | None = None
+
+
+@dataclass(eq=False)
 class Call:
     id: str
     a: Leg
@@ -151,9 +169,14 @@ class Call:
     transfer: Transfer | None = None
     leg_count: int = 0
     left_agents: tuple[str, ...] = ()
+    origin: Origination | None = None
 
     def legs(self) -> list[Leg]:
         legs = [self.a, *self.forks]
+        if self.origin is not None:
+            legs += [
+                x for x in (*self.origin.agent_forks, *self.origin.customer_forks) if x not in legs
+            ]
         if self.b is not None and self.b not in legs:
             legs.append(self.b)
         return legs
@@ -466,11 +489,42 @@ class CallManager:
         trunk: str | None = None,
     ) -> Leg:
         """A new UAC leg (a fork toward one device): INVITE sent, indexed, recorded."""
-        session = InviteClientSession(contact=self.contact_uri, config=self.session_config)
-        request = session.create_invite(target, from_, to, sdp, self.now(), extra_headers=extra)
-        leg = Leg(f"b{call.leg_count}", session, peer, agent=agent, trunk=trunk)
+        leg, request = self._prepare_uac_leg(
+            f"b{call.leg_count}",
+            target,
+            peer,
+            agent,
+            from_=from_,
+            to=to,
+            sdp=sdp,
+            extra=extra,
+            trunk=trunk,
+        )
         call.leg_count += 1
         forks.append(leg)
+        self._launch(call, leg, request, to=to, contact=contact)
+        return leg
+
+    def _prepare_uac_leg(
+        self,
+        name: str,
+        target: str,
+        peer: Peer,
+        agent: str | None,
+        *,
+        from_: str,
+        to: str,
+        sdp: bytes | None,
+        extra: list[tuple[str, str]],
+        trunk: str | None = None,
+    ) -> tuple[Leg, Request]:
+        session = InviteClientSession(contact=self.contact_uri, config=self.session_config)
+        request = session.create_invite(target, from_, to, sdp, self.now(), extra_headers=extra)
+        return Leg(name, session, peer, agent=agent, trunk=trunk), request
+
+    def _launch(self, call: Call, leg: Leg, request: Request, *, to: str, contact: str) -> None:
+        session = leg.session
+        assert isinstance(session, InviteClientSession)
         self._record(
             call,
             LegAdded(
@@ -479,13 +533,12 @@ class CallManager:
                 party=to.strip("<>"),
                 contact=contact,
                 sip_call_id=session.call_id,
-                agent=agent,
+                agent=leg.agent,
             ),
         )
-        leg.invite_key = self.runtime.send_request(request, peer)
+        leg.invite_key = self.runtime.send_request(request, leg.peer)
         self._by_client_key[leg.invite_key] = (call, leg)
         self._by_dialog[(session.call_id, session.local_tag)] = (call, leg)
-        return leg
 
     def _index_server(self, call: Call, leg: Leg) -> None:
         dialog = leg.session.dialog
@@ -600,6 +653,11 @@ class CallManager:
 
     # -- call progress ----------------------------------------------------------------------------
     def _on_ringing(self, call: Call, leg: Leg, event: Ringing) -> None:
+        if call.origin is not None:
+            if leg.name not in call.rang_legs and leg.name != "a":
+                call.rang_legs.add(leg.name)
+                self._record(call, RingingStarted(at=time.time(), leg_id=leg.name))
+            return
         if call.transfer is not None and leg in call.transfer.forks:
             self._notify_refer(call, call.transfer, "SIP/2.0 180 Ringing", final=False)
             return
@@ -625,6 +683,9 @@ class CallManager:
 
     def _on_answered(self, call: Call, leg: Leg, event: Answered) -> None:
         leg.last_sdp = event.sdp.to_bytes() if event.sdp is not None else None
+        if call.origin is not None and call.transfer is None:
+            self._orig_answered(call, call.origin, leg)
+            return
         if call.transfer is not None and leg in call.transfer.forks and not call.ended:
             self._transfer_answered(call, call.transfer, leg)
             return
@@ -688,6 +749,9 @@ class CallManager:
         return True
 
     def _on_fork_failed(self, call: Call, leg: Leg, status: int) -> None:
+        if call.origin is not None and call.transfer is None:
+            self._orig_failed(call, call.origin, leg, status)
+            return
         if call.transfer is not None and leg in call.transfer.forks:
             self._transfer_fork_failed(call, call.transfer, leg, status)
             return
@@ -731,8 +795,8 @@ class CallManager:
         self._cancel_forks(call, keep=None)
         self._reject(call, no_answer_status(any_device_rang=call.rang), None, EndReason.NO_ANSWER)
 
-    def _cancel_forks(self, call: Call, keep: Leg | None) -> None:
-        for fork in list(call.forks):
+    def _cancel_forks(self, call: Call, keep: Leg | None, forks: list[Leg] | None = None) -> None:
+        for fork in list(call.forks if forks is None else forks):
             if fork is keep or fork.invite_key is None:
                 continue
             session = fork.session
@@ -755,6 +819,13 @@ class CallManager:
 
     def _on_terminated(self, call: Call, leg: Leg, reason: str) -> None:
         if call.ended:
+            self._forget_if_done(call)
+            return
+        if call.origin is not None and call.origin.phase != "connected":
+            if leg is call.a and call.origin.phase == "customer":
+                # The agent hung up while the customer's phone rang.
+                self._cancel_forks(call, None, call.origin.customer_forks)
+                self._end(call, EndReason.CANCELLED)
             self._forget_if_done(call)
             return
         if leg is call.a:
@@ -1088,6 +1159,207 @@ class CallManager:
             code = status if status in (486, 603) else 480
             self._notify_refer(call, transfer, f"SIP/2.0 {code} {reason}", final=True)
 
+    # -- calls we place ourselves (elevation, click-to-call) ----------------------------
+    async def originate(
+        self, *, agent: str, to: str, session_id: str | None = None
+    ) -> asyncio.Future[str]:
+        """Ring ``agent``'s devices, then call ``to`` (a number via the dial rules, or an
+        agent) and connect them. Returns a future: the call id once both answered, or an
+        :class:`OriginateFailed` with the status that ended it. Raises OriginateFailed at
+        once when the call cannot even start (routing, no device)."""
+        route = route_call(
+            Caller(CallerKind.AGENT, agent),
+            to,
+            dids=self.config.dids,
+            dial_rules=self.config.dial_rules,
+            agents=self.agents,
+        )
+        if route.kind not in (RouteKind.AGENT, RouteKind.TRUNK) or route.id is None:
+            raise OriginateFailed(route.status or 404, route.reason or "cannot route")
+        agent_aor = f"sip:{agent}@{self.domain}"
+        bindings = await self.locations.lookup(agent_aor, time.time())
+        peers = [
+            (b, p)
+            for b in bindings
+            if (p := peer_from_source(b.source, b.flow, self.node_id)) is not None
+        ]
+        if not peers:
+            raise OriginateFailed(480, "the agent has no registered device")
+        cid = f"{self.node_id}-{next(self._ids)}-{secrets.token_hex(3)}"
+        origin = Origination(agent, to, route, session_id, done=self._loop.create_future())
+        customer = f"sip:{to}@{self.domain}"
+        headers = [("X-UCGate-Session", session_id)] if session_id else []
+        legs: list[tuple[Leg, Request, Binding]] = []
+        for index, (binding, peer) in enumerate(peers):
+            leg, request = self._prepare_uac_leg(
+                "a" if index == 0 else f"a{index}",
+                binding.contact,
+                peer,
+                agent,
+                # What the agent's phone shows: the customer it is about to be put through to.
+                from_=f"<{customer}>",
+                to=f"<{agent_aor}>",
+                sdp=self._placeholder_sdp(),
+                extra=headers,
+            )
+            legs.append((leg, request, binding))
+        call = Call(cid, legs[0][0], caller=agent_aor, callee=customer, direction="outbound")
+        call.origin = origin
+        call.a_agent = agent
+        call.b_agent = route.id if route.kind is RouteKind.AGENT else None
+        self.calls[cid] = call
+        with structlog.contextvars.bound_contextvars(call_id=cid):
+            self._record(
+                call,
+                CallOffered(
+                    at=time.time(),
+                    direction=Direction.OUTBOUND,
+                    caller=agent_aor,
+                    callee=to,
+                    leg_id="a",
+                    party=agent_aor,
+                    agent=agent,
+                ),
+            )
+            for leg, request, binding in legs:
+                origin.agent_forks.append(leg)
+                session = leg.session
+                assert isinstance(session, InviteClientSession)
+                leg.invite_key = self.runtime.send_request(request, leg.peer)
+                self._by_client_key[leg.invite_key] = (call, leg)
+                self._by_dialog[(session.call_id, session.local_tag)] = (call, leg)
+                del binding
+            call.ring_timer = self._loop.call_later(
+                self.config.calls.ring_timeout, self._orig_timeout, call
+            )
+            log.info("call.originate", agent=agent, to=to, devices=len(legs), session=session_id)
+        assert origin.done is not None
+        return origin.done
+
+    def _placeholder_sdp(self) -> bytes:
+        # RFC 3725 §5 (flow IV style): hold the agent's phone with an inactive offer until
+        # the customer's media description is known; its answer gives us the agent's.
+        host = self.contact_uri.split("@", 1)[1].rsplit(":", 1)[0]
+        return (
+            "v=0\r\n"
+            f"o=ucgate {secrets.randbelow(10**9)} 1 IN IP4 {host}\r\n"
+            "s=ucgate\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"
+            "m=audio 9 RTP/AVP 0 8 101\r\n"
+            "a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+            "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=inactive\r\n"
+        ).encode()
+
+    def _orig_answered(self, call: Call, origin: Origination, leg: Leg) -> None:
+        if origin.phase == "agent" and leg in origin.agent_forks:
+            origin.phase = "customer"
+            call.a = leg
+            self._cancel_forks(call, leg, origin.agent_forks)
+            if call.ring_timer is not None:
+                call.ring_timer.cancel()
+            self._call_customer(call, origin, leg)
+        elif origin.phase == "customer" and leg in origin.customer_forks:
+            origin.phase = "connected"
+            call.b = leg
+            call.forks = [leg]
+            if call.ring_timer is not None:
+                call.ring_timer.cancel()
+            self._cancel_forks(call, leg, origin.customer_forks)
+            self._record(call, CallAnswered(at=time.time(), leg_id=leg.name))
+            if leg.last_sdp is not None:
+                try:
+                    reinvite = call.a.session.create_request(
+                        "INVITE",
+                        body=leg.last_sdp,
+                        content_type="application/sdp",
+                        now=self.now(),
+                    )
+                    self._send_in_dialog(call, call.a, reinvite)
+                except LocalProtocolError as exc:
+                    log.warning("call.originate_reinvite_failed", why=str(exc))
+            if origin.done is not None and not origin.done.done():
+                origin.done.set_result(call.id)
+            log.info("call.connected")
+        else:
+            self._bye(call, leg)  # a late second answer
+
+    def _call_customer(self, call: Call, origin: Origination, agent_leg: Leg) -> None:
+        sdp = agent_leg.last_sdp
+        if sdp is not None:
+            with contextlib.suppress(RemoteProtocolError):
+                sdp = parse_sdp(sdp).with_direction("sendrecv").bump_version().to_bytes()
+        self._spawn(self._call_customer_async(call, origin, sdp))
+
+    async def _call_customer_async(
+        self, call: Call, origin: Origination, sdp: bytes | None
+    ) -> None:
+        route = origin.route
+        assert route.id is not None
+        aor = f"sip:{route.id}@{self.domain}"
+        bindings = await self.locations.lookup(aor, time.time())
+        headers = [("X-UCGate-Session", origin.session_id)] if origin.session_id else []
+        with structlog.contextvars.bound_contextvars(call_id=call.id):
+            for binding in bindings:
+                peer = peer_from_source(binding.source, binding.flow, self.node_id)
+                if peer is None:
+                    continue
+                target = binding.contact
+                if route.kind is RouteKind.TRUNK:
+                    contact = parse_uri(binding.contact)
+                    if isinstance(contact, SipUri):
+                        target = str(contact.replace(user=origin.to))
+                self._new_uac_leg(
+                    call,
+                    target,
+                    peer,
+                    call.b_agent,
+                    from_=f"<sip:{origin.agent}@{self.domain}>",
+                    to=f"<{call.callee}>",
+                    sdp=sdp,
+                    extra=headers,
+                    forks=origin.customer_forks,
+                    contact=binding.contact,
+                    trunk=route.id if route.kind is RouteKind.TRUNK else None,
+                )
+            if not origin.customer_forks:
+                self._orig_give_up(call, origin, 480, EndReason.FAILED)
+                return
+            call.ring_timer = self._loop.call_later(
+                self.config.calls.ring_timeout, self._orig_timeout, call
+            )
+
+    def _orig_failed(self, call: Call, origin: Origination, leg: Leg, status: int) -> None:
+        forks = origin.agent_forks if leg in origin.agent_forks else origin.customer_forks
+        if leg in forks:
+            forks.remove(leg)
+        if origin.phase == "agent" and not origin.agent_forks:
+            self._orig_give_up(call, origin, status, end_reason_for(status))
+        elif origin.phase == "customer" and leg not in origin.agent_forks:
+            if leg.name != "a":
+                self._record(
+                    call, LegEnded(at=time.time(), leg_id=leg.name, reason=end_reason_for(status))
+                )
+            if not origin.customer_forks:
+                self._orig_give_up(call, origin, status, end_reason_for(status))
+
+    def _orig_timeout(self, call: Call) -> None:
+        call.ring_timer = None
+        origin = call.origin
+        if origin is None or origin.phase == "connected" or call.ended:
+            return
+        forks = origin.agent_forks if origin.phase == "agent" else origin.customer_forks
+        self._cancel_forks(call, None, forks)
+        self._orig_give_up(call, origin, 480, EndReason.NO_ANSWER)
+
+    def _orig_give_up(
+        self, call: Call, origin: Origination, status: int, reason: EndReason
+    ) -> None:
+        if origin.phase == "customer":
+            self._bye(call, call.a)  # the agent was waiting for the customer
+        if origin.done is not None and not origin.done.done():
+            origin.done.set_exception(OriginateFailed(status, reason.value))
+        self._end(call, reason)
+        self._forget_if_done(call)
+
     # -- records and presence -----------------------------------------------------------
     def _record(self, call: Call, event: CallEvent) -> None:
         if self.tracker is None:
@@ -1126,6 +1398,15 @@ class CallManager:
                 self._hangup(call, EndReason.FAILED)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+
+
+class OriginateFailed(Exception):
+    """A call ucgate placed did not connect; ``status`` is the SIP status that ended it."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
 
 
 def end_reason_for(status: int) -> EndReason:
