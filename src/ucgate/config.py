@@ -60,7 +60,9 @@ __all__ = [
     "LogConfig",
     "LogFormat",
     "LogLevel",
+    "QueueConfig",
     "RegistrarConfig",
+    "RoutingConfig",
     "Scope",
     "SipConfig",
     "SocketAddress",
@@ -128,6 +130,11 @@ class Scope(enum.StrEnum):
     PRESENCE_WRITE = "presence:write"
     # Read call records (GET /v1/calls); they name callers, so not part of presence:read.
     CALLS_READ = "calls:read"
+    # Omnichannel sessions (/v1/sessions, /v1/events) and their metrics (/v1/metrics,
+    # /v1/reports); metrics name agents but no customers, hence their own scope.
+    SESSIONS_READ = "sessions:read"
+    SESSIONS_WRITE = "sessions:write"
+    METRICS_READ = "metrics:read"
     ADMIN = "admin"
 
 
@@ -583,6 +590,9 @@ class _Credentials(BaseModel):
 
 
 _CHANNELS = ("voice", "chat", "email", "sms", "video", "social")
+_SKILL = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_MIN_PROFICIENCY = 1
+_MAX_PROFICIENCY = 10
 
 
 def _default_capacity() -> dict[str, int]:
@@ -605,6 +615,23 @@ class Agent(_Credentials):
                 raise ValueError(f"unknown channel {channel!r} (known: {', '.join(_CHANNELS)})")
             if not 0 <= slots <= 100:
                 raise ValueError(f"{channel}: capacity must be between 0 and 100")
+        return value
+
+    # Skill name -> proficiency 1 (novice) .. 10 (expert); queues list required skills and
+    # routing prefers the highest proficiency sum (docs/sessions.md).
+    skills: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("skills")
+    @classmethod
+    def _skills(cls, value: dict[str, int]) -> dict[str, int]:
+        for skill, level in value.items():
+            if not _SKILL.match(skill):
+                raise FieldError((skill,), "skill names are 1-64 of a-z 0-9 _ - starting a-z")
+            if not _MIN_PROFICIENCY <= level <= _MAX_PROFICIENCY:
+                raise FieldError(
+                    (skill,),
+                    f"proficiency must be between {_MIN_PROFICIENCY} and {_MAX_PROFICIENCY}",
+                )
         return value
 
     @field_validator("display_name")
@@ -756,6 +783,85 @@ class PresenceConfig(BaseModel):
         return value
 
 
+def _check_channels(value: tuple[str, ...]) -> tuple[str, ...]:
+    for index, channel in enumerate(value):
+        if channel not in _CHANNELS:
+            raise FieldError(
+                (index,), f"unknown channel {channel!r} (known: {', '.join(_CHANNELS)})"
+            )
+        if channel in value[:index]:
+            raise FieldError((index,), f"{channel!r} is listed twice")
+    return value
+
+
+class QueueConfig(BaseModel):
+    """A routing queue (issue 5): which media it takes, which skills it needs, and timings."""
+
+    model_config = _MODEL_CONFIG
+
+    id: str
+    # Channels this queue routes ("voice", "chat", "email", "sms", "video", "social").
+    media: tuple[str, ...] = Field(min_length=1)
+    # Skills an agent must ALL have (proficiency >= 1) to be offered this queue's work.
+    skills: tuple[str, ...] = ()
+    # Higher is served first when an agent could take work from several queues.
+    priority: int = Field(default=0, ge=-100, le=100)
+    # Seconds an offer may stay unanswered before the next agent is offered.
+    offer_timeout: float = Field(default=20.0, gt=0, le=600)
+    # Another queue's id a channel moves to after waiting overflow_after seconds; or none.
+    overflow: str | None = None
+    overflow_after: float = Field(default=120.0, gt=0, le=86400)
+    # Service level threshold: answered within this many seconds of entering the queue.
+    service_level_seconds: float = Field(default=20.0, gt=0, le=3600)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _TARGET_ID.match(value):
+            raise ValueError("must be 1-128 of A-Z a-z 0-9 . _ -")
+        return value
+
+    @field_validator("media")
+    @classmethod
+    def _media(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_channels(value)
+
+    @field_validator("skills")
+    @classmethod
+    def _skills(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for index, skill in enumerate(value):
+            if not _SKILL.match(skill):
+                raise FieldError((index,), "skill names are 1-64 of a-z 0-9 _ - starting a-z")
+        return value
+
+
+def _default_interrupt() -> dict[str, tuple[str, ...]]:
+    # Voice may ring an agent busy with chats or emails; nothing else interrupts.
+    return {"voice": ("chat", "email"), "chat": (), "email": ()}
+
+
+class RoutingConfig(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    # interrupt[X] lists the media an agent may be busy with and still be offered X.
+    # Same-media work never blocks (capacity does); a channel absent here is exclusive.
+    interrupt: dict[str, tuple[str, ...]] = Field(default_factory=_default_interrupt)
+
+    @field_validator("interrupt")
+    @classmethod
+    def _interrupt(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for channel, over in value.items():
+            if channel not in _CHANNELS:
+                raise FieldError(
+                    (channel,), f"unknown channel {channel!r} (known: {', '.join(_CHANNELS)})"
+                )
+            try:
+                _check_channels(over)
+            except FieldError as exc:
+                raise FieldError((channel, *exc.path), exc.why) from None
+        return value
+
+
 class CallsConfig(BaseModel):
     model_config = _MODEL_CONFIG
 
@@ -811,6 +917,25 @@ class ApiKey(BaseModel):
         return None if value is None else _check_printable(value)
 
 
+class Webhook(BaseModel):
+    """An HTTP endpoint that receives session events (HMAC-signed, retried, persisted)."""
+
+    model_config = _MODEL_CONFIG
+
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
+    # Key of the HMAC-SHA256 in X-UCGate-Signature; the receiver checks it.
+    secret: SecretStr
+    # Event types to send (e.g. "offer_made", "channel_changed"); empty: every type.
+    events: tuple[str, ...] = ()
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_length(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < _MIN_API_KEY_LENGTH:
+            raise ValueError(f"must be at least {_MIN_API_KEY_LENGTH} characters long")
+        return value
+
+
 def _default_node_id() -> str:
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0]) or "ucgate"
     return f"{host[:50]}-{os.getpid()}"
@@ -837,6 +962,9 @@ class UcgateConfig(BaseModel):
     dids: tuple[Did, ...] = ()
     dial_rules: tuple[DialRule, ...] = ()
     calls: CallsConfig = Field(default_factory=CallsConfig)
+    queues: tuple[QueueConfig, ...] = ()
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    webhooks: tuple[Webhook, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -845,7 +973,16 @@ class UcgateConfig(BaseModel):
         # e.g. the default store.data_dir is anchored at the config file's directory.
         if isinstance(value, Mapping):
             value = dict(value)
-            for section in ("registrar", "auth", "http", "store", "log", "presence", "calls"):
+            for section in (
+                "registrar",
+                "auth",
+                "http",
+                "store",
+                "log",
+                "presence",
+                "calls",
+                "routing",
+            ):
                 value.setdefault(section, {})
         return value
 
@@ -892,7 +1029,29 @@ class UcgateConfig(BaseModel):
             if first_index != index:
                 raise FieldError(("api_keys", index, "key"), f"same key as api_keys[{first_index}]")
         self._check_call_routing(agent_ids)
+        self._check_queues()
         return self
+
+    def _check_queues(self) -> None:
+        by_id: dict[str, int] = {}
+        for index, queue in enumerate(self.queues):
+            first = by_id.setdefault(queue.id, index)
+            if first != index:
+                raise FieldError(("queues", index, "id"), f"same id as queues[{first}]")
+        for index, queue in enumerate(self.queues):
+            if queue.overflow is None:
+                continue
+            target = by_id.get(queue.overflow)
+            if target is None:
+                raise FieldError(("queues", index, "overflow"), f"no queue {queue.overflow!r}")
+            if target == index:
+                raise FieldError(("queues", index, "overflow"), "a queue cannot overflow to itself")
+            missing = [m for m in queue.media if m not in self.queues[target].media]
+            if missing:
+                raise FieldError(
+                    ("queues", index, "overflow"),
+                    f"queue {queue.overflow!r} does not take {', '.join(missing)}",
+                )
 
     def _check_call_routing(self, agent_ids: set[str]) -> None:
         numbers: dict[str, int] = {}

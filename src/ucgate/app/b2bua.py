@@ -1162,7 +1162,7 @@ class CallManager:
     # -- calls we place ourselves (elevation, click-to-call) ----------------------------
     async def originate(
         self, *, agent: str, to: str, session_id: str | None = None
-    ) -> asyncio.Future[str]:
+    ) -> tuple[str, asyncio.Future[str]]:
         """Ring ``agent``'s devices, then call ``to`` (a number via the dial rules, or an
         agent) and connect them. Returns a future: the call id once both answered, or an
         :class:`OriginateFailed` with the status that ended it. Raises OriginateFailed at
@@ -1234,7 +1234,7 @@ class CallManager:
             )
             log.info("call.originate", agent=agent, to=to, devices=len(legs), session=session_id)
         assert origin.done is not None
-        return origin.done
+        return cid, origin.done
 
     def _placeholder_sdp(self) -> bytes:
         # RFC 3725 §5 (flow IV style): hold the agent's phone with an inactive offer until

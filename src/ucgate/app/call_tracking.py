@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -65,6 +66,8 @@ class CallTracker:
         self._queue: asyncio.Queue[tuple[CallSnapshot, CallEvent]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._wrap_timers: dict[str, asyncio.TimerHandle] = {}
+        # Called after each applied event, in order (e.g. the sessions glue).
+        self.listeners: list[Callable[[CallSnapshot, CallEvent], Awaitable[None]]] = []
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -81,6 +84,8 @@ class CallTracker:
             snapshot, event = await self._queue.get()
             try:
                 await self._apply(snapshot, event)
+                for listener in self.listeners:
+                    await listener(snapshot, event)
                 # One line per applied event: operators follow a call, tests wait on it.
                 log.info("call.tracked", call=snapshot.call_id, event_type=event.TYPE)
             except StoreUnavailable:

@@ -14,11 +14,13 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from redis.asyncio import Redis
 
 from ucgate import __version__
 from ucgate.app.b2bua import CallManager
 from ucgate.app.call_tracking import CallTracker
 from ucgate.app.presence_sip import PresenceSipServer
+from ucgate.app.session_calls import SessionCallGlue
 from ucgate.app.sip_app import SipApplication, new_tag
 from ucgate.app.sip_runtime import SipRuntime
 from ucgate.calls.record_store import CallRecordStore, MemoryCallRecordStore
@@ -34,6 +36,18 @@ from ucgate.presence.store_redis import RedisPresenceStore
 from ucgate.registrar.accounts import Account, AccountDirectory, AccountKind
 from ucgate.registrar.rules import RegistrarPolicy
 from ucgate.registrar.service import RegistrarService
+from ucgate.sessions.model import Media
+from ucgate.sessions.routing import InterruptMatrix, QueueSpec, RoutingEngine
+from ucgate.sessions.service import AgentProfile, SessionService
+from ucgate.sessions.store import MemorySessionStore, SessionStore
+from ucgate.sessions.store_redis import RedisSessionStore
+from ucgate.sessions.webhooks import (
+    RedisOutbox,
+    SqliteOutbox,
+    WebhookOutbox,
+    WebhookSender,
+    WebhookTarget,
+)
 from ucgate.sip.auth_gate import DigestGate
 from ucgate.sip.digest import DigestAlgorithm, DigestAuthenticator, UserSecret
 from ucgate.sip.endpoint import MessageDropped, SipEndpoint
@@ -98,6 +112,10 @@ class Node:
     presence_store: PresenceStore
     presence_sip: PresenceSipServer
     calls: CallManager
+    sessions: SessionService
+    session_store: SessionStore
+    glue: SessionCallGlue
+    webhooks: WebhookSender | None
     sip_listeners: list[BoundListener]
     http_port: int
     tasks: list[asyncio.Task[None]]
@@ -119,6 +137,12 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.http_runner.cleanup()
+        await self.glue.close()
+        await self.sessions.stop()
+        await self.session_store.close()
+        if self.webhooks is not None:
+            await self.webhooks.close()
+            await self.webhooks.outbox.close()
         await self.presence.close()
         await self.presence_store.close()
         if self.calls.tracker is not None:
@@ -143,6 +167,58 @@ async def _sweep_expired(store: LocationStore, registrar: RegistrarService) -> N
             # Redis is down: keep trying; the bindings are still there when it is back.
             log.warning("registrar.sweep_store_unavailable")
             await asyncio.sleep(1.0)
+
+
+async def _start_sessions(
+    config: UcgateConfig, presence: PresenceService
+) -> tuple[SessionService, SessionStore, WebhookSender | None]:
+    """Sessions (issue 5): store, routing engine over the configured queues, webhooks."""
+    session_store: SessionStore
+    outbox: WebhookOutbox
+    if config.store.backend == "redis":
+        assert config.store.redis_url is not None
+        redis_store = await RedisSessionStore.connect(config.store.redis_url)
+        session_store = redis_store
+        outbox = RedisOutbox(Redis.from_url(config.store.redis_url))
+    else:
+        session_store = await MemorySessionStore.open(config.store.data_dir)
+        outbox = await SqliteOutbox.open(config.store.data_dir)
+    webhooks = None
+    if config.webhooks:
+        webhooks = WebhookSender(
+            outbox,
+            [
+                WebhookTarget(w.url, w.secret.get_secret_value(), frozenset(w.events))
+                for w in config.webhooks
+            ],
+        )
+    else:
+        await outbox.close()
+    engine = RoutingEngine(
+        [
+            QueueSpec(
+                id=q.id,
+                media=frozenset(Media(m) for m in q.media),
+                skills=q.skills,
+                priority=q.priority,
+                offer_timeout=q.offer_timeout,
+                overflow=q.overflow,
+                overflow_after=q.overflow_after,
+                service_level_seconds=q.service_level_seconds,
+            )
+            for q in config.queues
+        ],
+        InterruptMatrix.from_config(config.routing.interrupt),
+    )
+    sessions = SessionService(
+        session_store,
+        engine,
+        agents={a.id: AgentProfile(a.capacity, a.skills) for a in config.agents},
+        presence=presence,
+        webhooks=webhooks,
+    )
+    await sessions.start()
+    return sessions, session_store, webhooks
 
 
 async def _open_call_records(config: UcgateConfig) -> CallRecordStore:
@@ -291,6 +367,9 @@ async def start_node(config: UcgateConfig) -> Node:
     tracker = CallTracker(records, presence, wrap_up=float(config.calls.wrap_up))
     tracker.start()
     calls.tracker = tracker
+    sessions, session_store, webhooks = await _start_sessions(config, presence)
+    glue = SessionCallGlue(sessions, calls, tracker)
+    glue.start()
     app = SipApplication(
         runtime, registrar, user_agent=config.sip.user_agent, presence=presence_sip, calls=calls
     )
@@ -299,7 +378,9 @@ async def start_node(config: UcgateConfig) -> Node:
 
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(_sweep_expired(store, registrar))]
-    for owner in (store, presence_store, records):
+    if webhooks is not None:
+        tasks.append(loop.create_task(webhooks.run()))
+    for owner in (store, presence_store, records, session_store):
         flusher = getattr(owner, "run_flusher", None)
         if flusher is not None:
             tasks.append(loop.create_task(flusher()))
@@ -307,7 +388,9 @@ async def start_node(config: UcgateConfig) -> Node:
     keys = ApiKeys.from_config(config.api_keys)
     # access_log stays off: a browser stream's ?access_token= would land in it.
     http_runner = web.AppRunner(
-        build_app(store, keys, presence=presence, statuses=statuses, calls=records),
+        build_app(
+            store, keys, presence=presence, statuses=statuses, calls=records, sessions=sessions
+        ),
         access_log=None,
     )
     await http_runner.setup()
@@ -334,6 +417,10 @@ async def start_node(config: UcgateConfig) -> Node:
         presence_store,
         presence_sip,
         calls,
+        sessions,
+        session_store,
+        glue,
+        webhooks,
         bound,
         http_port,
         tasks,

@@ -20,7 +20,9 @@ from ucgate.http.presence_api import (
     add_presence_routes,
     api_errors,
 )
+from ucgate.http.sessions_api import add_sessions_routes
 from ucgate.presence.model import BUILTIN_STATUSES, StatusDef
+from ucgate.sessions.service import SessionService
 from ucgate.store.location import LocationStore
 
 STORE_KEY = web.AppKey("store", LocationStore)
@@ -70,6 +72,7 @@ def build_app(
     statuses: Mapping[str, StatusDef] = BUILTIN_STATUSES,
     stream_settings: StreamSettings | None = None,
     calls: CallRecordStore | None = None,
+    sessions: SessionService | None = None,
 ) -> web.Application:
     """The HTTP app. With ``presence`` (a started ``PresenceService``) the /v1/presence
     routes are mounted; ``statuses`` is the same status table the service was given.
@@ -86,11 +89,16 @@ def build_app(
         )
     if calls is not None:
         add_calls_routes(app, calls)
+    if sessions is not None:
+        # With ``sessions`` (a started SessionService) the /v1/sessions, /v1/metrics,
+        # /v1/reports and /v1/events routes are mounted.
+        add_sessions_routes(app, sessions)
     document = build_openapi(
         version=__version__,
         presence=presence is not None,
         statuses=list(statuses),
         calls=calls is not None,
+        sessions=sessions is not None,
     )
     app[OPENAPI_KEY] = json.dumps(document, indent=1).encode()
     return app

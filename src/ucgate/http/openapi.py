@@ -146,6 +146,7 @@ def build_openapi(
     presence: bool = True,
     statuses: Iterable[str] = (),
     calls: bool = False,
+    sessions: bool = False,
 ) -> dict[str, Any]:
     """The document for an app with (``presence=True``) or without the presence routes,
     and with (``calls=True``) or without the call-record routes.
@@ -192,6 +193,14 @@ def build_openapi(
         paths.update(_presence_paths())
     if calls:
         paths.update(_calls_paths())
+    if sessions:
+        from ucgate.http.sessions_api import sessions_paths
+
+        sessions_models = sessions_paths(paths, _operation, _json, _ref, _query_parameters)
+        _, sdefs = models_json_schema(
+            [(m, "validation") for m in sessions_models], ref_template=_REF
+        )
+        schemas.update(copy.deepcopy(sdefs["$defs"]))
 
     return {
         "openapi": "3.1.0",

@@ -1,0 +1,155 @@
+"""Omnichannel: a chat routed to Alice by capacity is elevated to voice with the same
+agent; the call reaches the customer through the PBX trunk with real audio both ways,
+and the chat stays open the whole time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from sip_test_rig.media import DEFAULT_TONES
+from sip_test_rig.softphone_client import Softphone
+from tests.support.ucgate_process import Account, UcgateProcess
+
+pytestmark = pytest.mark.interop
+
+DOMAIN = "example.test"
+ALICE = Account("alice", "alice-Pa55word")
+PBX = Account("pbx1", "pbx1-Pa55word")
+TONE_CUSTOMER, TONE_ALICE = DEFAULT_TONES[0], DEFAULT_TONES[2]
+TAIL = """
+[[dial_rules]]
+prefix = "+1"
+trunk = "pbx1"
+[[queues]]
+id = "support"
+media = ["voice", "chat"]
+[calls]
+ring_timeout = 15
+"""
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[UcgateProcess]:
+    n = UcgateProcess(tmp_path / "n", agents=[ALICE], trunks=[PBX], tail=TAIL).start()
+    try:
+        yield n
+    finally:
+        n.stop()
+
+
+@pytest.fixture
+def phones() -> Iterator[tuple[Softphone, Softphone]]:
+    started: list[Softphone] = []
+    try:
+        for tone in (TONE_CUSTOMER, TONE_ALICE):
+            started.append(Softphone(tone=tone).start())
+        yield started[0], started[1]
+    finally:
+        for phone in started:
+            phone.stop()
+
+
+async def api(node: UcgateProcess, method: str, path: str, body: object = None) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {node.api_key}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(
+            method, f"http://127.0.0.1:{node.http_port}{path}", json=body, headers=headers
+        ) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def wait_event(node: UcgateProcess, ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict:
+    while True:
+        msg = json.loads((await ws.receive(timeout=15)).data)
+        if msg.get("type") == kind:
+            return msg
+
+
+def test_chat_elevated_to_voice_with_the_same_agent(
+    node: UcgateProcess, phones: tuple[Softphone, Softphone]
+) -> None:
+    customer_phone, alice = phones
+    for phone, acc, extra in (
+        (customer_phone, PBX, {"auto_answer": 200, "answer_delay_ms": 300}),
+        (alice, ALICE, {"auto_answer": 200, "answer_delay_ms": 100}),
+    ):
+        account = phone.register(
+            server=f"127.0.0.1:{node.sip_port}",
+            user=acc.id,
+            password=acc.password,
+            domain=DOMAIN,
+            proxy=True,
+            **extra,
+        )
+        assert phone.wait_reg_state(account=account, timeout=10)["code"] == 200
+
+    async def scenario() -> tuple[dict, dict]:
+        url = f"http://127.0.0.1:{node.http_port}/v1/events"
+        headers = {"Authorization": f"Bearer {node.api_key}"}
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
+            status, session = await api(
+                node,
+                "POST",
+                "/v1/sessions",
+                {
+                    "customer": {"id": "c-1", "phone": "+15557654321"},
+                    "media": "chat",
+                    "queue": "support",
+                    "context": {"order": "A-1001", "ivr_path": ["billing"]},
+                },
+            )
+            assert status == 201, session
+            offer = await wait_event(node, ws, "offer_made")
+            assert offer["agent"] == "alice"
+            # The offer carries the self-service context: no repeating for the customer.
+            assert offer["session"]["context"]["order"] == "A-1001"
+            sid, chat = session["id"], offer["channel_id"]
+            status, body = await api(
+                node, "POST", f"/v1/sessions/{sid}/channels/{chat}/accept", {"agent": "alice"}
+            )
+            assert status == 200, body
+            status, body = await api(
+                node,
+                "POST",
+                f"/v1/sessions/{sid}/channels",
+                {"media": "voice", "to": "+15557654321"},
+            )
+            assert status in (200, 201), body
+            return session, body
+
+    session, _ = asyncio.run(scenario())
+    call_alice = int(alice.wait_incoming()["call"])  # the agent's phone rings first
+    incoming = customer_phone.wait_incoming(timeout=15)  # then the customer, via the trunk
+    assert "+15557654321@" in incoming["request_uri"], incoming
+    assert incoming["headers"].get("X-UCGate-Session") == session["id"]
+    call_customer = int(incoming["call"])
+    customer_phone.wait_call_state(call_customer, "confirmed")
+    alice.wait_tone(call_alice, TONE_CUSTOMER, timeout=10)
+    customer_phone.wait_tone(call_customer, TONE_ALICE, timeout=10)
+
+    node.wait_log(lambda e: e.get("event") == "session.elevated", 10)
+    status, now = asyncio.run(api(node, "GET", f"/v1/sessions/{session['id']}"))
+    assert status == 200, now
+    states = {ch["media"]: ch["state"] for ch in now["channels"]}
+    assert states == {"chat": "active", "voice": "active"}, now
+    status, doc = asyncio.run(api(node, "GET", "/v1/presence/alice"))
+    assert status == 200 and doc["voice"] == "on_call", doc
+    loads = {c["channel"]: c["used"] for c in doc["channels"]}
+    assert loads.get("chat") == 1, doc  # the agent's presence shows both
+
+    alice.hangup(call_alice)
+    customer_phone.wait_call_state(call_customer, "disconnected")
+    node.wait_log(lambda e: e.get("event") == "call.tracked" and e.get("event_type") == "ended", 10)
+    status, later = asyncio.run(api(node, "GET", f"/v1/sessions/{session['id']}"))
+    assert status == 200, later
+    states = {ch["media"]: ch["state"] for ch in later["channels"]}
+    assert states["chat"] == "active", later  # ending the call leaves the chat untouched
+    assert states["voice"] in ("wrap_up", "ended"), later
