@@ -153,3 +153,87 @@ def test_chat_elevated_to_voice_with_the_same_agent(
     states = {ch["media"]: ch["state"] for ch in later["channels"]}
     assert states["chat"] == "active", later  # ending the call leaves the chat untouched
     assert states["voice"] in ("wrap_up", "ended"), later
+
+
+BOB = Account("bob", "bob-Pa55word")
+QUEUE_TAIL = """
+[[dids]]
+number = "+15550200"
+target = "queue:support"
+[[queues]]
+id = "support"
+media = ["voice", "chat"]
+"""
+
+
+def test_queued_call_with_the_session_header_rings_the_agent_of_the_chat(
+    tmp_path: Path, phones: tuple[Softphone, Softphone]
+) -> None:
+    customer_phone, alice = phones
+    bob = Softphone(tone=DEFAULT_TONES[3]).start()
+    node = UcgateProcess(tmp_path / "q", agents=[ALICE, BOB], trunks=[PBX], tail=QUEUE_TAIL)
+    node.start()
+    try:
+        for phone, acc, extra in (
+            (customer_phone, PBX, {}),
+            (alice, ALICE, {"auto_answer": 200, "answer_delay_ms": 100}),
+            (bob, BOB, {"auto_answer": 200, "answer_delay_ms": 100}),
+        ):
+            account = phone.register(
+                server=f"127.0.0.1:{node.sip_port}",
+                user=acc.id,
+                password=acc.password,
+                domain=DOMAIN,
+                proxy=True,
+                **extra,
+            )
+            assert phone.wait_reg_state(account=account, timeout=10)["code"] == 200
+
+        async def chat() -> tuple[str, str]:
+            url = f"http://127.0.0.1:{node.http_port}/v1/events"
+            headers = {"Authorization": f"Bearer {node.api_key}"}
+            async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
+                status, session = await api(
+                    node,
+                    "POST",
+                    "/v1/sessions",
+                    {
+                        "customer": {"id": "c-2", "phone": "+15551230000"},
+                        "media": "chat",
+                        "queue": "support",
+                    },
+                )
+                assert status == 201, session
+                offer = await wait_event(node, ws, "offer_made")
+                sid, cid = session["id"], offer["channel_id"]
+                status, body = await api(
+                    node,
+                    "POST",
+                    f"/v1/sessions/{sid}/channels/{cid}/accept",
+                    {"agent": offer["agent"]},
+                )
+                assert status == 200, body
+                return sid, offer["agent"]
+
+        sid, chat_agent = asyncio.run(chat())
+        agent_phone, tone = (
+            (alice, TONE_ALICE) if chat_agent == "alice" else (bob, DEFAULT_TONES[3])
+        )
+        # The customer presses "call" in the widget: the call carries the session id.
+        call_c = customer_phone.make_call(
+            f"sip:+15550200@{DOMAIN}", headers={"X-UCGate-Session": sid}
+        )
+        call_agent = int(agent_phone.wait_incoming(timeout=15)["call"])
+        customer_phone.wait_call_state(call_c, "confirmed")
+        customer_phone.wait_tone(call_c, tone, timeout=10)
+        agent_phone.wait_tone(call_agent, TONE_CUSTOMER, timeout=10)
+        status, now = asyncio.run(api(node, "GET", f"/v1/sessions/{sid}"))
+        assert status == 200, now
+        by_media = {ch["media"]: ch for ch in now["channels"]}
+        assert by_media["voice"]["agent"] == chat_agent, now  # sticky: the same agent
+        assert by_media["chat"]["state"] == "active", now
+        customer_phone.hangup(call_c)
+        agent_phone.wait_call_state(call_agent, "disconnected")
+    finally:
+        bob.stop()
+        node.stop()

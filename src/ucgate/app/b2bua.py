@@ -21,6 +21,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -170,6 +171,9 @@ class Call:
     leg_count: int = 0
     left_agents: tuple[str, ...] = ()
     origin: Origination | None = None
+    # Set while a queue holds the call: the queue's id and the agent being rung.
+    queued: str | None = None
+    ringing_agent: str | None = None
 
     def legs(self) -> list[Leg]:
         legs = [self.a, *self.forks]
@@ -243,6 +247,7 @@ class CallManager:
             min_se=config.calls.min_se,
         )
         self.tracker: CallTracker | None = None
+        self.queue_router: QueueRouter | None = None
         self._loop = asyncio.get_running_loop()
         self._ids = itertools.count(1)
         self._by_dialog: dict[tuple[str, str], tuple[Call, Leg]] = {}
@@ -376,11 +381,13 @@ class CallManager:
                 ev.key, make_response(req, status, route.reason or None, to_tag=self._to_tag())
             )
             return
-        if route.kind is not RouteKind.AGENT and route.kind is not RouteKind.TRUNK:
-            # Queues arrive with the omnichannel sessions work.
+        if route.kind is RouteKind.QUEUE and self.queue_router is None:
             self.runtime.send_response(
-                ev.key, make_response(req, 480, "Queues not available yet", to_tag=self._to_tag())
+                ev.key, make_response(req, 480, "No queue routing", to_tag=self._to_tag())
             )
+            return
+        if route.kind not in (RouteKind.AGENT, RouteKind.TRUNK, RouteKind.QUEUE):
+            self.runtime.send_response(ev.key, make_response(req, 404, to_tag=self._to_tag()))
             return
         assert route.id is not None
         now = self.now()
@@ -419,6 +426,9 @@ class CallManager:
                     agent=a_agent,
                 ),
             )
+            if route.kind is RouteKind.QUEUE:
+                await self._queue_call(call, route.id, req)
+                return
             bindings = await self.locations.lookup(callee_aor, time.time())
             log.info("call.offered", caller=call.caller, callee=callee_aor, forks=len(bindings))
             for index, binding in enumerate(bindings):
@@ -749,6 +759,9 @@ class CallManager:
         return True
 
     def _on_fork_failed(self, call: Call, leg: Leg, status: int) -> None:
+        if call.queued is not None and call.b is None and not call.ended:
+            self._queued_fork_failed(call, leg, status)
+            return
         if call.origin is not None and call.transfer is None:
             self._orig_failed(call, call.origin, leg, status)
             return
@@ -1159,6 +1172,61 @@ class CallManager:
             code = status if status in (486, 603) else 480
             self._notify_refer(call, transfer, f"SIP/2.0 {code} {reason}", final=True)
 
+    # -- calls held by a queue (omnichannel routing decides who rings) ---------------------
+    async def _queue_call(self, call: Call, queue: str, req: Request) -> None:
+        """The caller hears ringing while the routing engine picks an agent (sticky to
+        the agent of the customer's open session when there is one)."""
+        assert self.queue_router is not None
+        call.queued = queue
+        a = call.a.session
+        assert isinstance(a, InviteServerSession)
+        with contextlib.suppress(LocalProtocolError):
+            resp = a.provisional(180)
+            call.provisional_sent = 180
+            assert call.a.invite_key is not None
+            self.runtime.send_response(call.a.invite_key, resp)
+        claimed = from_(req).uri
+        caller = claimed.user if isinstance(claimed, SipUri) else None
+        headers = {n: v for n in (*PASS_HEADERS, "X-UCGate-Context") if (v := req.headers.get(n))}
+        log.info("call.queued", queue=queue)
+        await self.queue_router.call_queued(call.id, queue, caller, headers)
+
+    async def ring_agent(self, call_id: str, agent: str) -> bool:
+        """The routing engine offered a queued call to ``agent``: fork to their devices.
+        False when the call is gone or the agent has no reachable device."""
+        call = self.calls.get(call_id)
+        if call is None or call.ended or call.b is not None:
+            return False
+        call.ringing_agent = agent
+        call.b_agent = agent
+        call.callee = f"sip:{agent}@{self.domain}"
+        with structlog.contextvars.bound_contextvars(call_id=call_id):
+            bindings = await self.locations.lookup(call.callee, time.time())
+            for binding in bindings:
+                self._fork(call, call.leg_count, binding, agent, RouteKind.AGENT, agent)
+        if not call.forks:
+            call.ringing_agent = None
+            return False
+        return True
+
+    def stop_ringing(self, call_id: str) -> None:
+        """The offer to the agent timed out: the next agent will be rung instead."""
+        call = self.calls.get(call_id)
+        if call is None or call.b is not None:
+            return
+        call.ringing_agent = None  # the failures that follow are not a decline
+        self._cancel_forks(call, keep=None)
+
+    def _queued_fork_failed(self, call: Call, leg: Leg, status: int) -> None:
+        if leg in call.forks:
+            call.forks.remove(leg)
+        self._record(call, LegEnded(at=time.time(), leg_id=leg.name, reason=end_reason_for(status)))
+        if call.forks:
+            return
+        agent, call.ringing_agent = call.ringing_agent, None
+        if agent is not None and self.queue_router is not None:
+            self._spawn(self.queue_router.agent_declined(call.id, agent, status))
+
     # -- calls we place ourselves (elevation, click-to-call) ----------------------------
     async def originate(
         self, *, agent: str, to: str, session_id: str | None = None
@@ -1398,6 +1466,16 @@ class CallManager:
                 self._hangup(call, EndReason.FAILED)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+
+
+class QueueRouter(Protocol):
+    """Who decides which agent a queued call rings (the sessions glue)."""
+
+    async def call_queued(
+        self, call_id: str, queue: str, caller: str | None, headers: dict[str, str]
+    ) -> None: ...
+
+    async def agent_declined(self, call_id: str, agent: str, status: int) -> None: ...
 
 
 class OriginateFailed(Exception):

@@ -12,14 +12,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
 
 from ucgate.app.b2bua import CallManager, OriginateFailed
 from ucgate.app.call_tracking import CallSnapshot, CallTracker
-from ucgate.calls.records import CallEnded, CallEvent, HoldEnded, HoldStarted, WrapUpEnded
-from ucgate.sessions.model import ChannelInput, SessionError
-from ucgate.sessions.service import VOICE_ELEVATION_REQUESTED, SessionEvent, SessionService
+from ucgate.calls.records import (
+    CallAnswered,
+    CallEnded,
+    CallEvent,
+    HoldEnded,
+    HoldStarted,
+    WrapUpEnded,
+)
+from ucgate.sessions.model import ChannelInput, Customer, Media, SessionError
+from ucgate.sessions.service import (
+    OFFER_MADE,
+    OFFER_TIMED_OUT,
+    VOICE_ELEVATION_REQUESTED,
+    SessionEvent,
+    SessionService,
+)
 from ucgate.store.location import StoreUnavailable
 
 log = structlog.get_logger(__name__)
@@ -34,6 +49,7 @@ class SessionCallGlue:
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumer: asyncio.Task[None] | None = None
         tracker.listeners.append(self._on_call_event)
+        calls.queue_router = self
 
     def start(self) -> None:
         self._consumer = asyncio.get_running_loop().create_task(self._consume())
@@ -43,11 +59,83 @@ class SessionCallGlue:
         try:
             while (event := await queue.get()) is not None:
                 if event.type == VOICE_ELEVATION_REQUESTED:
-                    task = asyncio.get_running_loop().create_task(self._elevate(event))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._spawn(self._elevate(event))
+                elif event.type in (OFFER_MADE, OFFER_TIMED_OUT):
+                    self._spawn(self._offer_event(event))
         finally:
             self.sessions.events.unsubscribe(queue)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- queued inbound calls (the B2BUA's QueueRouter) --------------------------------
+    async def call_queued(
+        self, call_id: str, queue: str, caller: str | None, headers: dict[str, str]
+    ) -> None:
+        """A call reached a queue: it joins the customer's open session (sticky voice: the
+        X-UCGate-Session header of a click-to-call widget, else the caller ID) or opens a
+        new session; either way the routing engine offers its voice channel."""
+        try:
+            session = await self.sessions.find_for_call(
+                session_id=headers.get("X-UCGate-Session"), caller=caller
+            )
+            if session is not None:
+                session = await self.sessions.add_channel(
+                    session.id, Media.VOICE, queue=queue, external_ref=call_id
+                )
+                log.info("session.call_joined", session=session.id, agent=session.agent)
+            else:
+                context: dict[str, object] = {}
+                if "User-to-User" in headers:  # RFC 7433: what an IVR collected
+                    context["user_to_user"] = headers["User-to-User"]
+                if "X-UCGate-Context" in headers:
+                    context["ivr"] = headers["X-UCGate-Context"]
+                session = await self.sessions.create_session(
+                    Customer(id=caller or call_id, phone=caller),
+                    Media.VOICE,
+                    queue,
+                    context,
+                    external_ref=call_id,
+                )
+        except (SessionError, StoreUnavailable) as exc:
+            log.warning("session.call_not_queued", why=str(exc))
+            return
+        channel = next(ch for ch in session.channels if ch.external_ref == call_id)
+        self._links[call_id] = (session.id, channel.id, "")
+        if channel.agent is not None and channel.state.value == "offered":
+            # Routed synchronously (an agent was free): ring now.
+            await self._ring(call_id, session.id, channel.id, channel.agent)
+
+    async def _offer_event(self, event: SessionEvent) -> None:
+        cid = event.channel_id
+        if cid is None or event.agent is None:
+            return
+        channel = event.session.channel(cid)
+        call_id = channel.external_ref
+        if channel.media is not Media.VOICE or call_id is None or call_id not in self._links:
+            return
+        if event.type == OFFER_MADE:
+            if self._links[call_id][2] != event.agent:
+                await self._ring(call_id, event.session.id, cid, event.agent)
+        else:
+            self._links[call_id] = (event.session.id, cid, "")
+            self.calls.stop_ringing(call_id)
+
+    async def _ring(self, call_id: str, sid: str, cid: str, agent: str) -> None:
+        self._links[call_id] = (sid, cid, agent)
+        if not await self.calls.ring_agent(call_id, agent):
+            await self.agent_declined(call_id, agent, 480)
+
+    async def agent_declined(self, call_id: str, agent: str, status: int) -> None:
+        link = self._links.get(call_id)
+        if link is None:
+            return
+        sid, cid, _ = link
+        self._links[call_id] = (sid, cid, "")
+        log.info("session.agent_declined", agent=agent, status=status)
+        await self._channel(sid, cid, ChannelInput.REJECT, agent)
 
     async def _channel(self, sid: str, cid: str, inp: ChannelInput, agent: str | None) -> None:
         try:
@@ -85,7 +173,14 @@ class SessionCallGlue:
         if link is None:
             return
         sid, cid, agent = link
-        if isinstance(event, HoldStarted):
+        if isinstance(event, CallAnswered) and agent and not event.leg_id.startswith("a"):
+            # A queued call answered by the agent it rang (elevations accept on connect).
+            await self._channel(sid, cid, ChannelInput.ACCEPT, agent)
+        elif isinstance(event, CallEnded) and not snap.answered:
+            # The caller gave up (or nobody could answer): abandoned in the queue.
+            self._links.pop(snap.call_id, None)
+            await self._channel(sid, cid, ChannelInput.END, None)
+        elif isinstance(event, HoldStarted):
             await self._channel(sid, cid, ChannelInput.HOLD, agent)
         elif isinstance(event, HoldEnded):
             await self._channel(sid, cid, ChannelInput.RESUME, agent)
