@@ -6,10 +6,12 @@ Servers (each on its own free loopback port):
   rig's ``sip_test_rig/kamailio_proxy.cfg.tmpl``; 2 UDP workers like the REGISTER baseline;
 * ``sippy``: the Python B2BUA from PyPI (``sippy``), ``b2bua_simple``, installed into a separate
   venv (``--sippy-venv``, created with ``pip install sippy`` if missing);
-* ``ucgate``: the gateway's B2BUA. **Assumption until the B2BUA lands** (``ucgate_config``): an
-  IP trunk ``pbx1`` with ``allowed_ips = ["127.0.0.1"]``, DID ``+15550100`` -> ``agent:uas``, and
-  the sipp UAS registered as agent ``uas`` from its own port before each level (so the B2BUA
-  forks to exactly one device: the UAS).
+* ``ucgate``: the gateway's B2BUA, ``python -m ucgate serve --config FILE`` (``ucgate_config``):
+  an IP trunk ``pbx1`` with ``allowed_ips = ["127.0.0.1"]`` (the sipp UAC is the trunk, so no
+  digest), DID ``+15550100`` -> ``agent:uas``, and the sipp UAS registered as agent ``uas`` from
+  its own port before each level (the B2BUA sends to a binding's source address, so it forks to
+  exactly one device: the UAS). The UAS port is fixed for the run: a new port per level would
+  leave the previous levels' bindings behind and every call would also fork to dead devices.
 
 Each level: a sipp UAS (``uas_call.xml``) takes every call, a sipp UAC (``uac_call.xml``) places
 ``rate x seconds`` calls of ``--hold-ms`` each. For Kamailio and sippy the UAC's Request-URI is the
@@ -197,10 +199,14 @@ def _udp_bound(port: int) -> bool:
 
 
 def ucgate_config(port: int, http_port: int, data_dir: Path) -> str:
-    """ucgate TOML for bench/calls (issue 4's contract; to be checked when the B2BUA lands)."""
+    """ucgate TOML for bench/calls: the sipp UAC is trunk ``pbx1`` by address, dials the DID,
+    which rings agent ``uas`` (the sipp UAS). Logs at warning: one info line per call event
+    would measure the logger, not the B2BUA."""
     agent, password = UAS_AGENT
     return "\n".join(
         [
+            'node_id = "bench"',
+            "",
             "[sip]",
             f'domain = "{DOMAIN}"',
             f'listen = ["udp:{LOOPBACK}:{port}", "tcp:{LOOPBACK}:{port}"]',
@@ -234,17 +240,19 @@ def ucgate_config(port: int, http_port: int, data_dir: Path) -> str:
 
 class UcgateServer(ProcessServer):
     dials_did = True
-    uas_port: int | None = None
 
-    def __init__(self, command: str) -> None:
+    def __init__(self, python: str) -> None:
         super().__init__("ucgate")
-        self.cli = command
+        self.python = python
+        # One UAS port for the whole run: each level re-registers the same binding (a refresh)
+        # instead of adding one, so the B2BUA always forks to the live UAS alone.
+        self.uas_port: int | None = free_port()
 
     def command(self) -> list[str]:
         assert self.tmp is not None
         cfg = self.tmp / "ucgate.toml"
         cfg.write_text(ucgate_config(self.port, free_port(), self.tmp / "data"))
-        return [self.cli, "serve", "--config", str(cfg)]
+        return [self.python, "-m", "ucgate", "serve", "--config", str(cfg)]
 
     def prepare_uas(self, uas_port: int) -> None:
         # Register agent "uas" with Contact sip:uas@127.0.0.1:<uas_port>, sent from that port,
@@ -380,7 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--hold-ms", type=int, default=5000, help="call length (sipp -d)")
     parser.add_argument("--sippy-venv", type=Path, default=ROOT / "bench/.venv-sippy")
-    parser.add_argument("--ucgate", default=str(ROOT / ".venv/bin/ucgate"), help="ucgate CLI")
+    parser.add_argument(
+        "--python",
+        default=str(ROOT / ".venv/bin/python"),
+        help="interpreter that runs `-m ucgate serve` (the project's venv)",
+    )
     parser.add_argument("--keep-going", action="store_true", help="run levels above a failure")
     parser.add_argument("--out", type=Path, help="JSON output (default bench/results/…)")
     args = parser.parse_args(argv)
@@ -394,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             ensure_sippy(args.sippy_venv)
             servers.append(SippyServer(args.sippy_venv))
         elif name == "ucgate":
-            servers.append(UcgateServer(args.ucgate))
+            servers.append(UcgateServer(args.python))
         else:
             parser.error(f"unknown server {name!r}")
     levels: list[Level] = []

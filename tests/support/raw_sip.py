@@ -35,9 +35,16 @@ class RawSipClient:
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self.sock.bind(("127.0.0.1", local_port))
         else:
-            raw = socket.create_connection(
-                self.target, timeout=5, source_address=("127.0.0.1", local_port)
-            )
+            if local_port:
+                # SO_REUSEADDR: the port's earlier connections (another process's) may still
+                # sit in TIME_WAIT; they do not share our 4-tuple, so binding is safe.
+                raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                raw.settimeout(5)
+                raw.bind(("127.0.0.1", local_port))
+                raw.connect(self.target)
+            else:
+                raw = socket.create_connection(self.target, timeout=5)
             self.sock = (
                 ssl_context.wrap_socket(raw, server_hostname="127.0.0.1")
                 if kind == "tls" and ssl_context is not None
