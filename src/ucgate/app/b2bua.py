@@ -70,6 +70,7 @@ from ucgate.sip.invite_session import (
     Rejected,
     RequestAnswered,
     ResponseRetransmissionDue,
+    RetryReInvite,
     Ringing,
     SessionConfig,
     SessionExpired,
@@ -174,6 +175,9 @@ class Call:
     # Set while a queue holds the call: the queue's id and the agent being rung.
     queued: str | None = None
     ringing_agent: str | None = None
+    # What the manager's indexes hold for this call, so forgetting it is O(own keys).
+    dialog_keys: set[tuple[str, str]] = field(default_factory=set)
+    tx_keys: set[TxKey] = field(default_factory=set)
 
     def legs(self) -> list[Leg]:
         legs = [self.a, *self.forks]
@@ -411,6 +415,7 @@ class CallManager:
         self.calls[cid] = call
         self._index_server(call, a)
         self._by_server_invite[ev.key] = (call, a)
+        call.tx_keys.add(ev.key)
         with structlog.contextvars.bound_contextvars(call_id=cid):
             self._record(
                 call,
@@ -547,13 +552,21 @@ class CallManager:
             ),
         )
         leg.invite_key = self.runtime.send_request(request, leg.peer)
-        self._by_client_key[leg.invite_key] = (call, leg)
-        self._by_dialog[(session.call_id, session.local_tag)] = (call, leg)
+        self._index_tx(call, leg.invite_key, leg)
+        self._index_dialog(call, (session.call_id, session.local_tag), leg)
+
+    def _index_dialog(self, call: Call, key: tuple[str, str], leg: Leg) -> None:
+        self._by_dialog[key] = (call, leg)
+        call.dialog_keys.add(key)
+
+    def _index_tx(self, call: Call, key: TxKey, leg: Leg) -> None:
+        self._by_client_key[key] = (call, leg)
+        call.tx_keys.add(key)
 
     def _index_server(self, call: Call, leg: Leg) -> None:
         dialog = leg.session.dialog
         assert dialog is not None
-        self._by_dialog[(dialog.call_id, dialog.local_tag)] = (call, leg)
+        self._index_dialog(call, (dialog.call_id, dialog.local_tag), leg)
 
     # -- sending ----------------------------------------------------------------------------------
     def _destination(self, leg: Leg) -> Peer:
@@ -568,11 +581,11 @@ class CallManager:
     def _send(self, call: Call, leg: Leg, req: Request) -> None:
         key = self.runtime.send_request(req, self._destination(leg))
         if req.method != "ACK":
-            self._by_client_key[key] = (call, leg)
+            self._index_tx(call, key, leg)
 
     def _send_in_dialog(self, call: Call, leg: Leg, req: Request) -> TxKey:
         key = self.runtime.send_request(req, self._destination(leg))
-        self._by_client_key[key] = (call, leg)
+        self._index_tx(call, key, leg)
         return key
 
     # -- the event pump of one leg ----------------------------------------------------------------
@@ -618,6 +631,13 @@ class CallManager:
         elif isinstance(event, RequestAnswered):
             if relay is not None:
                 self._answer_relay(relay, event)
+        elif isinstance(event, RetryReInvite) and event.method == "UPDATE":
+            # §14.1: our session refresh met glare (491); the back-off is over: again.
+            with_suppressed_local(
+                lambda: self._send_in_dialog(
+                    call, leg, leg.session.create_request("UPDATE", now=now)
+                )
+            )
         elif isinstance(event, RefreshDue):
             with_suppressed_local(
                 lambda: self._send_in_dialog(
@@ -754,7 +774,7 @@ class CallManager:
             return False
         leg.auth_tries += 1
         leg.invite_key = self.runtime.send_request(request, leg.peer)
-        self._by_client_key[leg.invite_key] = (call, leg)
+        self._index_tx(call, leg.invite_key, leg)
         log.info("call.trunk_challenge_answered", trunk=trunk.id, status=event.status)
         return True
 
@@ -885,12 +905,13 @@ class CallManager:
         for leg in call.legs():
             if leg.timer is not None:
                 leg.timer.cancel()
-        stale = [k for k, (c, _) in self._by_dialog.items() if c is call]
-        for k in stale:
-            del self._by_dialog[k]
+        for dkey in call.dialog_keys:
+            if dkey in self._by_dialog and self._by_dialog[dkey][0] is call:
+                del self._by_dialog[dkey]
         for index in (self._by_server_invite, self._by_client_key):
-            for key in [k for k, (c, _) in index.items() if c is call]:
-                del index[key]
+            for tkey in call.tx_keys:
+                if tkey in index and index[tkey][0] is call:
+                    del index[tkey]
 
     def _track_hold(self, call: Call, leg: Leg, body: bytes) -> None:
         if not body or call.b is None:
@@ -1062,10 +1083,10 @@ class CallManager:
         self._bye(call2, leg2)
         for dkey, (_, lg) in list(self._by_dialog.items()):
             if lg is target:
-                self._by_dialog[dkey] = (call, target)
+                self._index_dialog(call, dkey, target)
         for tkey, (_, lg) in list(self._by_client_key.items()):
             if lg is target:
-                self._by_client_key[tkey] = (call, target)
+                self._index_tx(call, tkey, target)
         # Into this call, in the transferor's place.
         target.name = f"b{call.leg_count}"
         call.leg_count += 1
@@ -1294,8 +1315,8 @@ class CallManager:
                 session = leg.session
                 assert isinstance(session, InviteClientSession)
                 leg.invite_key = self.runtime.send_request(request, leg.peer)
-                self._by_client_key[leg.invite_key] = (call, leg)
-                self._by_dialog[(session.call_id, session.local_tag)] = (call, leg)
+                self._index_tx(call, leg.invite_key, leg)
+                self._index_dialog(call, (session.call_id, session.local_tag), leg)
                 del binding
             call.ring_timer = self._loop.call_later(
                 self.config.calls.ring_timeout, self._orig_timeout, call
