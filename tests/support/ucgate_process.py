@@ -45,8 +45,11 @@ def render_config(
     tls: tuple[int, Path, Path] | None = None,
     auth_algorithms: tuple[str, ...] = ("MD5", "SHA-256"),
     tail: str = "",
+    ws_port: int | None = None,
 ) -> str:
     listen = [f"udp:127.0.0.1:{sip_port}", f"tcp:127.0.0.1:{sip_port}"]
+    if ws_port is not None:
+        listen.append(f"ws:127.0.0.1:{ws_port}")
     if tls is not None:
         listen.append(f"tls:127.0.0.1:{tls[0]}")
     lines = [
@@ -103,6 +106,7 @@ class UcgateProcess:
     tls: tuple[int, Path, Path] | None = None
     auth_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
     tail: str = ""
+    ws_port: int | None = None
     proc: subprocess.Popen[bytes] | None = None
     lines: list[dict[str, object]] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
@@ -127,6 +131,7 @@ class UcgateProcess:
                 tls=self.tls,
                 auth_algorithms=self.auth_algorithms,
                 tail=self.tail,
+                ws_port=self.ws_port,
             )
         )
         with self._cond:

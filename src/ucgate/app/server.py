@@ -51,7 +51,7 @@ from ucgate.sessions.webhooks import (
 from ucgate.sip.auth_gate import DigestGate
 from ucgate.sip.digest import DigestAlgorithm, DigestAuthenticator, UserSecret
 from ucgate.sip.endpoint import MessageDropped, SipEndpoint
-from ucgate.sip.peer import TransportKind
+from ucgate.sip.peer import Peer, TransportKind
 from ucgate.sip.publication import PublicationTable
 from ucgate.sip.subscription import SubscriptionTable
 from ucgate.sip.transaction.layer import TransactionLayer
@@ -255,16 +255,16 @@ async def start_node(config: UcgateConfig) -> Node:
         node_id=node_id,
     )
     listen = [ListenSpec(a.kind, a.host, a.port) for a in config.sip.listen]
-    sip_listens = [
-        s for s in listen if s.kind in (TransportKind.UDP, TransportKind.TCP, TransportKind.TLS)
-    ]
-    for skipped in (s for s in listen if s not in sip_listens):
-        # SIP over WebSocket (RFC 7118) arrives with the WebRTC work; say so rather than
-        # pretend to listen.
-        log.warning(
-            "sip.listen_unsupported", listen=f"{skipped.kind.value}:{skipped.host}:{skipped.port}"
-        )
-    first = sip_listens[0]
+    sip_listens = list(listen)
+    # Via/Contact name a datagram/stream listener: WebSocket peers reach us on their flow.
+    first = next(
+        (
+            x
+            for x in sip_listens
+            if x.kind in (TransportKind.UDP, TransportKind.TCP, TransportKind.TLS)
+        ),
+        sip_listens[0],
+    )
     transactions = TransactionLayer(
         timers=TimerConfig(t1=config.sip.t1, t2=config.sip.t2, t4=config.sip.t4),
         via_host=config.sip.advertised_host or first.host,
@@ -375,6 +375,18 @@ async def start_node(config: UcgateConfig) -> Node:
     )
     runtime.set_handler(app.handle)
     bound = await hub.start(sip_listens)
+
+    cleanups: set[asyncio.Task[None]] = set()
+
+    def flow_lost(peer: Peer) -> None:
+        if peer.kind in (TransportKind.WS, TransportKind.WSS) and peer.flow is not None:
+            task = asyncio.get_running_loop().create_task(
+                registrar.flow_closed(f"{node_id}/{peer.flow}", time.time())
+            )
+            cleanups.add(task)
+            task.add_done_callback(cleanups.discard)
+
+    hub.flows.on_lost = flow_lost
 
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(_sweep_expired(store, registrar))]

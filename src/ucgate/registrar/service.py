@@ -66,6 +66,8 @@ class RegistrarService:
         self.node_id = node_id
         self._to_tag = to_tag
         self.listeners: list[BindingsListener] = []
+        # flow ("node/flow-id") → AORs registered over it, for flow_closed.
+        self._flow_aors: dict[str, set[str]] = {}
 
     def _reply(self, req: Request, status: int, reason: str | None = None) -> Response:
         return make_response(req, status, reason, to_tag=self._to_tag())
@@ -128,6 +130,8 @@ class RegistrarService:
             return apply_register(current, contacts, ctx, self.policy, now)
 
         after = await self.store.update(aor, rules, now)
+        if ctx.flow is not None and any(b.flow == ctx.flow for b in after):
+            self._flow_aors.setdefault(ctx.flow, set()).add(aor)
         resp = self._reply(req, 200)
         for value in contact_header_values(after, now):
             resp.headers.add("Contact", value)
@@ -140,6 +144,29 @@ class RegistrarService:
             for listener in self.listeners:
                 await listener(change)
         return resp
+
+    async def flow_closed(self, flow: str, now: float) -> None:
+        """A connection-oriented flow died (a browser's WebSocket closed): the bindings
+        registered over it are unreachable now, so they go now (RFC 5626 §4.3), not when
+        they expire — the agent's presence flips at once."""
+        for aor in self._flow_aors.pop(flow, set()):
+            before: list[Binding] = []
+
+            def drop(current: list[Binding], seen: list[Binding] = before) -> list[Binding]:
+                seen[:] = current
+                return [b for b in current if b.flow != flow]
+
+            try:
+                after = await self.store.update(aor, drop, now)
+            except StoreUnavailable:
+                log.warning("registrar.flow_cleanup_failed", aor=aor)
+                continue
+            if before != after:
+                log.info("registrar.flow_closed", aor=aor, removed=len(before) - len(after))
+                user = aor[4:].split("@", 1)[0]
+                change = BindingsChanged(aor, user, tuple(before), tuple(after))
+                for listener in self.listeners:
+                    await listener(change)
 
     async def on_expired(self, removed: list[Binding]) -> None:
         """Announce bindings the sweeper removed (the last one → the agent is offline now)."""

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
+from aiohttp import web
 
 from ucgate.sip.peer import Peer, TransportKind
 from ucgate.transport.stream import (
@@ -17,6 +18,7 @@ from ucgate.transport.stream import (
     open_stream_listener,
 )
 from ucgate.transport.udp import UdpListener, open_udp
+from ucgate.transport.websocket import open_websocket_listener
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +58,7 @@ class TransportHub:
         self._servers: list[asyncio.Server] = []
         self._pending: dict[tuple[TransportKind, str, int], asyncio.Task[None]] = {}
         self.bound: list[BoundListener] = []
+        self._ws_runners: list[web.AppRunner] = []
 
     async def start(self, specs: list[ListenSpec]) -> list[BoundListener]:
         for spec in specs:
@@ -75,7 +78,14 @@ class TransportHub:
                 sock = server.sockets[0].getsockname()
                 self.bound.append(BoundListener(spec.kind, sock[0], sock[1]))
             else:
-                raise ValueError(f"transport {spec.kind.value} is not served by the SIP hub")
+                ctx = self._server_ssl if spec.kind is TransportKind.WSS else None
+                if spec.kind is TransportKind.WSS and ctx is None:
+                    raise ValueError("a wss: listener needs sip.tls_cert and sip.tls_key")
+                runner, port = await open_websocket_listener(
+                    spec.kind, spec.host, spec.port, self._on_data, self.flows, ctx
+                )
+                self._ws_runners.append(runner)
+                self.bound.append(BoundListener(spec.kind, spec.host, port))
         return self.bound
 
     def send(self, data: bytes, peer: Peer) -> None:
@@ -133,6 +143,8 @@ class TransportHub:
             await server.wait_closed()
         for task in list(self._pending.values()):
             task.cancel()
+        for runner in self._ws_runners:
+            await runner.cleanup()
 
 
 __all__ = ["BoundListener", "ListenSpec", "StreamConnection", "TransportHub"]

@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import ssl
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
 
 import structlog
 
@@ -27,6 +27,23 @@ DataCallback = Callable[[bytes, Peer], None]
 _flow_ids = itertools.count(1)
 
 
+def next_flow_id() -> int:
+    """Flow numbers are unique per process across TCP, TLS and WebSocket connections."""
+    return next(_flow_ids)
+
+
+class Flow(Protocol):
+    """A connection-oriented transport the hub can send on (TCP/TLS/WebSocket)."""
+
+    kind: TransportKind
+    flow: int
+    peer: Peer | None
+
+    def send(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class StreamConnection(asyncio.Protocol):
     """One TCP/TLS connection, in either direction."""
 
@@ -37,7 +54,7 @@ class StreamConnection(asyncio.Protocol):
         registry: FlowRegistry,
     ) -> None:
         self.kind = kind
-        self.flow = next(_flow_ids)
+        self.flow = next_flow_id()
         self._on_data = on_data
         self._registry = registry
         self._framer = StreamFramer()
@@ -88,16 +105,16 @@ class FlowRegistry:
     """Live stream connections by flow number and by remote address."""
 
     def __init__(self) -> None:
-        self.by_flow: dict[int, StreamConnection] = {}
-        self.by_addr: dict[tuple[TransportKind, str, int], StreamConnection] = {}
+        self.by_flow: dict[int, Flow] = {}
+        self.by_addr: dict[tuple[TransportKind, str, int], Flow] = {}
         self.on_lost: Callable[[Peer], None] | None = None
 
-    def add(self, conn: StreamConnection) -> None:
+    def add(self, conn: Flow) -> None:
         assert conn.peer is not None
         self.by_flow[conn.flow] = conn
         self.by_addr[(conn.kind, conn.peer.host, conn.peer.port)] = conn
 
-    def remove(self, conn: StreamConnection) -> None:
+    def remove(self, conn: Flow) -> None:
         self.by_flow.pop(conn.flow, None)
         if conn.peer is not None:
             key = (conn.kind, conn.peer.host, conn.peer.port)
@@ -106,7 +123,7 @@ class FlowRegistry:
             if self.on_lost is not None:
                 self.on_lost(conn.peer)
 
-    def find(self, peer: Peer) -> StreamConnection | None:
+    def find(self, peer: Peer) -> Flow | None:
         if peer.flow is not None:
             conn = self.by_flow.get(peer.flow)
             if conn is not None:
