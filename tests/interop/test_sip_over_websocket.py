@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from sip_test_rig.ports import free_port
+from tests.support.raw_sip import RawSipClient
 from tests.support.ucgate_process import Account, UcgateProcess
 from ucgate.sip.digest import DigestChallenge, build_authorization
 from ucgate.sip.message import Response
@@ -20,11 +21,19 @@ from ucgate.sip.parser import parse_message
 pytestmark = pytest.mark.interop
 
 ALICE = Account("alice", "alice-Pa55word")
+PBX = Account("pbx1", "pbx1-Pa55word", allowed_ips=("127.0.0.1",))
+TAIL = """
+[[dids]]
+number = "+15550100"
+target = "agent:alice"
+"""
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[UcgateProcess]:
-    n = UcgateProcess(tmp_path / "n", agents=[ALICE], ws_port=free_port()).start()
+    n = UcgateProcess(
+        tmp_path / "n", agents=[ALICE], trunks=[PBX], tail=TAIL, ws_port=free_port()
+    ).start()
     try:
         yield n
     finally:
@@ -79,6 +88,16 @@ async def ws_register(node: UcgateProcess) -> None:
             assert regs[0]["source"].startswith("ws:127.0.0.1:")
             status, doc = node.http_get("/v1/presence/alice", key=node.api_key)
             assert status == 200 and doc["voice"] == "available", doc
+
+            # A call to the browser agent goes down the same WebSocket (the flow).
+            trunk = RawSipClient("udp", node.sip_port)
+            try:
+                invite_call(trunk)
+                msg = parse_message((await ws.receive(timeout=5)).data.encode())
+                assert getattr(msg, "method", None) == "INVITE", msg
+                assert "transport=ws" in msg.uri, msg.uri
+            finally:
+                trunk.close()
         # The socket is closed: the browser tab is gone, so is its binding, at once.
         node.wait_log(lambda e: e.get("event") == "registrar.flow_closed", 10)
         assert "sip:alice@example.test" not in node.registrations()
@@ -89,6 +108,20 @@ async def ws_register(node: UcgateProcess) -> None:
         with pytest.raises(aiohttp.WSServerHandshakeError):
             async with http.ws_connect(url):
                 pass
+
+
+def invite_call(trunk: RawSipClient) -> None:
+    trunk.request(
+        "INVITE",
+        "sip:+15550100@example.test",
+        [
+            ("From", "<sip:+15551234567@pbx.example>;tag=t1"),
+            ("To", "<sip:+15550100@example.test>"),
+            ("Call-ID", secrets.token_hex(6)),
+            ("CSeq", "1 INVITE"),
+            ("Contact", f"<sip:pbx@127.0.0.1:{trunk.local_port}>"),
+        ],
+    )
 
 
 def test_register_over_websocket_and_cleanup_on_close(node: UcgateProcess) -> None:
