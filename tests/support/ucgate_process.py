@@ -25,6 +25,7 @@ class Account:
     id: str
     password: str
     allowed_ips: tuple[str, ...] = ()
+    capacity: str | None = None  # a TOML inline table, e.g. "{ voice = 1, chat = 1 }"
 
 
 def render_config(
@@ -76,6 +77,8 @@ def render_config(
         lines.append(extra)
     for a in agents:
         lines += ["[[agents]]", f'id = "{a.id}"', f'password = "{a.password}"']
+        if a.capacity:
+            lines.append(f"capacity = {a.capacity}")
     for t in trunks:
         lines += ["[[trunks]]", f'id = "{t.id}"', f'password = "{t.password}"']
         if t.allowed_ips:
