@@ -371,11 +371,7 @@ class RoutingEngine:
         return item
 
     def _pending(self, agent: str) -> dict[Media, int]:
-        counts: dict[Media, int] = {}
-        for item in self._waiting.values():
-            if item.offer is not None and item.offer[0] == agent:
-                counts[item.media] = counts.get(item.media, 0) + 1
-        return counts
+        return self._pending_all().get(agent, {})
 
     def _timer_live(self, deadline: float, key: tuple[str, str]) -> bool:
         item = self._waiting.get(key)
@@ -436,30 +432,68 @@ class RoutingEngine:
         )
 
     def _dispatch(self, now: float) -> None:
-        """Offer every waiting channel that some agent can take, in service order."""
-        pending: dict[str, dict[Media, int]] = {a: self._pending(a) for a in self._agents}
+        """Offer every waiting channel that some agent can take, in service order.
+
+        Cost is O(waiting + agents x queue/media groups) rather than O(waiting x agents):
+        each group's candidates are ranked once per dispatch. That is exact, because within
+        one dispatch agents' states do not change and their open offers only grow, so an
+        agent that cannot take a group's channel at the start never can later in it.
+        """
+        pending = self._pending_all()
+        ranked: dict[tuple[str, Media], list[tuple[tuple[int, float, str], str]]] = {}
         for item in sorted(self._waiting.values(), key=self._order):
             if item.offer is not None:
                 continue
-            best = self._best_agent(item, pending)
+            group = (item.queue, item.media)
+            candidates = ranked.get(group)
+            if candidates is None:
+                candidates = ranked[group] = self._rank(item.queue, item.media, pending)
+            best = self._best_agent(item, candidates, pending)
             if best is None:
                 continue
             self._offer(item, best, now)
-            counts = pending[best]
+            counts = pending.setdefault(best, {})
             counts[item.media] = counts.get(item.media, 0) + 1
 
-    def _best_agent(self, item: _Waiting, pending: dict[str, dict[Media, int]]) -> str | None:
-        spec = self._queues[item.queue]
-        best: tuple[int, float, str] | None = None
+    def _pending_all(self) -> dict[str, dict[Media, int]]:
+        """Open offers per agent and media, in one pass over the waiting channels."""
+        counts: dict[str, dict[Media, int]] = {a: {} for a in self._agents}
+        for item in self._waiting.values():
+            if item.offer is not None:
+                per = counts.setdefault(item.offer[0], {})
+                per[item.media] = per.get(item.media, 0) + 1
+        return counts
+
+    def _rank(
+        self, queue: str, media: Media, pending: dict[str, dict[Media, int]]
+    ) -> list[tuple[tuple[int, float, str], str]]:
+        """Agents who can take ``media`` from ``queue`` now, best first: proficiency over
+        the queue's skills, then longest idle (then id, for a stable order)."""
+        spec = self._queues[queue]
+        out: list[tuple[tuple[int, float, str], str]] = []
         for agent in self._agents.values():
-            if agent.id in item.excluded:
-                continue
             score = skill_score(agent, spec.skills)
-            if score is None or not eligible(
-                agent, item.media, self._matrix, pending=pending[agent.id]
-            ):
+            if score is None or not eligible(agent, media, self._matrix, pending=pending[agent.id]):
                 continue
-            rank = (-score, agent.idle_since, agent.id)
-            if best is None or rank < best:
-                best = rank
-        return None if best is None else best[2]
+            out.append(((-score, agent.idle_since, agent.id), agent.id))
+        out.sort()
+        return out
+
+    def _best_agent(
+        self,
+        item: _Waiting,
+        candidates: list[tuple[tuple[int, float, str], str]],
+        pending: dict[str, dict[Media, int]],
+    ) -> str | None:
+        index = 0
+        while index < len(candidates):
+            agent_id = candidates[index][1]
+            agent = self._agents[agent_id]
+            if not eligible(agent, item.media, self._matrix, pending=pending[agent_id]):
+                # Full now (offers made earlier in this dispatch): full for the rest of it.
+                del candidates[index]
+                continue
+            if agent_id not in item.excluded:
+                return agent_id
+            index += 1
+        return None
