@@ -27,7 +27,7 @@ import builtins
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -298,16 +298,34 @@ class MemorySessionStore:
         hi = len(self._index) if until is None else bisect.bisect_left(self._index, (until, ""))
         if after is not None:
             hi = min(hi, bisect.bisect_left(self._index, after))
-        agent_ids = None if agent is None else self._by_agent.get(agent, set())
+        keys: Iterable[_SortKey]
+        if agent is not None:
+            # An agent's own sessions (the routing service asks on every offer): walk only
+            # those, not every session ever created. Same window as the index slice below.
+            ids = self._by_agent.get(agent, set())
+            if open_only:
+                ids = ids & self._open
+            if lo >= hi:
+                keys = []
+            else:
+                lower = self._index[lo]
+                upper = self._index[hi] if hi < len(self._index) else None
+                keys = sorted(
+                    (
+                        key
+                        for key in ((self._sessions[i].created_at, i) for i in ids)
+                        if lower <= key and (upper is None or key < upper)
+                    ),
+                    reverse=True,
+                )
+        else:
+            keys = (self._index[i] for i in range(hi - 1, lo - 1, -1))
         out: list[Session] = []
         last: _SortKey | None = None
         more = False
-        for i in range(hi - 1, lo - 1, -1):
-            key = self._index[i]
+        for key in keys:
             sid = key[1]
             if open_only and sid not in self._open:
-                continue
-            if agent_ids is not None and sid not in agent_ids:
                 continue
             if len(out) == limit:
                 more = True
