@@ -9,7 +9,6 @@ into NOTIFYs, sends them through the SIP runtime and reports their results back.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Callable
 
@@ -400,7 +399,3 @@ class PresenceSipServer:
         self._pub_timer.close()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
-
-
-def new_etag() -> str:
-    return secrets.token_urlsafe(12)
