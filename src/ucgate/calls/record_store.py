@@ -26,7 +26,6 @@ import bisect
 import builtins
 import json
 import sqlite3
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ import structlog
 
 from ucgate.calls.records import CallEvent, CallOffered, CallRecord, CallRecordError
 from ucgate.store.location import StoreUnavailable
+from ucgate.store.sqlite_file import SqliteFile
 from ucgate.store.write_behind import WriteBehind
 
 __all__ = [
@@ -145,40 +145,29 @@ _SCHEMA_VERSION = 1
 
 
 class CallsJournal:
-    """A blocking SQLite file of call records; called from a worker thread.
-
-    WAL with ``synchronous=NORMAL``, as :class:`ucgate.store.sqlite_journal.SqliteJournal`:
-    a commit survives a crash of the process, only an OS crash may drop the last ones.
-    """
+    """A blocking SQLite file of call records (:class:`SqliteFile`); called from a
+    worker thread."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, _SCHEMA_VERSION):
-            self._db.close()
-            raise sqlite3.DatabaseError(
-                f"{path}: calls schema version {version}, this ucgate knows {_SCHEMA_VERSION}"
-            )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS call_records ("
-            " id TEXT PRIMARY KEY, started_at REAL NOT NULL, record TEXT NOT NULL)"
-            " WITHOUT ROWID"
+        self._file = SqliteFile(
+            path,
+            name="calls",
+            version=_SCHEMA_VERSION,
+            schema=[
+                "CREATE TABLE IF NOT EXISTS call_records ("
+                " id TEXT PRIMARY KEY, started_at REAL NOT NULL, record TEXT NOT NULL)"
+                " WITHOUT ROWID"
+            ],
         )
-        self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        self.path = path
 
     @classmethod
     def in_dir(cls, data_dir: Path) -> CallsJournal:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(data_dir / FILENAME)
+        return cls(SqliteFile.in_dir(data_dir, FILENAME))
 
     def load(self) -> builtins.list[CallRecord]:
         """Every stored record; a row that does not decode is logged and skipped."""
-        with self._lock:
-            rows = self._db.execute("SELECT id, record FROM call_records").fetchall()
+        rows = self._file.query("SELECT id, record FROM call_records")
         out: list[CallRecord] = []
         for call_id, text in rows:
             try:
@@ -189,22 +178,16 @@ class CallsJournal:
 
     def write(self, records: Sequence[CallRecord]) -> None:
         rows = [(r.id, r.started_at, record_to_json(r)) for r in records]
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(
-                    "INSERT INTO call_records (id, started_at, record) VALUES (?, ?, ?)"
-                    " ON CONFLICT(id) DO UPDATE SET record = excluded.record",
-                    rows,
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        self._file.transaction(
+            lambda db: db.executemany(
+                "INSERT INTO call_records (id, started_at, record) VALUES (?, ?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET record = excluded.record",
+                rows,
+            )
+        )
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._file.close()
 
 
 # --- the embedded store ----------------------------------------------------------------

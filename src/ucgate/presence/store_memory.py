@@ -29,7 +29,6 @@ import asyncio
 import builtins
 import json
 import sqlite3
-import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -47,6 +46,7 @@ from ucgate.presence.store import (
     StoreUnavailable,
     UpdateFn,
 )
+from ucgate.store.sqlite_file import SqliteFile
 from ucgate.store.write_behind import WriteBehind
 
 log = structlog.get_logger(__name__)
@@ -76,43 +76,30 @@ class PresenceJournal:
     """
 
     def __init__(self, path: Path) -> None:
+        self._file = SqliteFile(
+            path,
+            name="presence",
+            version=_SCHEMA_VERSION,
+            schema=[
+                "CREATE TABLE IF NOT EXISTS presence_agents ("
+                " agent TEXT PRIMARY KEY, sources TEXT NOT NULL, document TEXT NOT NULL)"
+                " WITHOUT ROWID",
+                "CREATE TABLE IF NOT EXISTS presence_meta ("
+                " key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+            ],
+        )
         self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        # WAL + NORMAL: survives a process crash; an OS crash may drop the last commits.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, _SCHEMA_VERSION):
-            self._db.close()
-            raise sqlite3.DatabaseError(
-                f"{path}: presence schema version {version}, this ucgate knows {_SCHEMA_VERSION}"
-            )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS presence_agents ("
-            " agent TEXT PRIMARY KEY, sources TEXT NOT NULL, document TEXT NOT NULL)"
-            " WITHOUT ROWID"
-        )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS presence_meta ("
-            " key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID"
-        )
-        self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     @classmethod
     def in_dir(cls, data_dir: Path) -> PresenceJournal:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(data_dir / FILENAME)
+        return cls(SqliteFile.in_dir(data_dir, FILENAME))
 
     def load(self) -> _Loaded:
         """Everything stored. A row that does not parse is logged and skipped: the agent
         starts from empty sources rather than the whole service failing to start."""
-        with self._lock:
-            meta = self._db.execute("SELECT value FROM presence_meta WHERE key = 'version'")
-            found = meta.fetchone()
-            rows = self._db.execute("SELECT agent, sources, document FROM presence_agents")
-            raw = rows.fetchall()
-        counter = int(found[0]) if found else 0
+        found = self._file.query("SELECT value FROM presence_meta WHERE key = 'version'")
+        raw = self._file.query("SELECT agent, sources, document FROM presence_agents")
+        counter = int(found[0][0]) if found else 0
         out: dict[str, _Row] = {}
         for agent, sources_text, document_text in raw:
             try:
@@ -131,28 +118,24 @@ class PresenceJournal:
             (agent, _dumps(row.sources.to_json_dict()), _dumps(row.document.to_json_dict()))
             for agent, row in rows.items()
         ]
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(
-                    "INSERT INTO presence_agents (agent, sources, document) VALUES (?, ?, ?)"
-                    " ON CONFLICT(agent) DO UPDATE SET"
-                    " sources = excluded.sources, document = excluded.document",
-                    items,
-                )
-                self._db.execute(
-                    "INSERT INTO presence_meta (key, value) VALUES ('version', ?)"
-                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    (version,),
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+
+        def steps(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO presence_agents (agent, sources, document) VALUES (?, ?, ?)"
+                " ON CONFLICT(agent) DO UPDATE SET"
+                " sources = excluded.sources, document = excluded.document",
+                items,
+            )
+            db.execute(
+                "INSERT INTO presence_meta (key, value) VALUES ('version', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (version,),
+            )
+
+        self._file.transaction(steps)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._file.close()
 
 
 class MemoryPresenceStore:

@@ -26,7 +26,6 @@ import bisect
 import builtins
 import json
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import structlog
 from ucgate.calls.record_store import check_page_args, encode_cursor
 from ucgate.sessions.model import Session, SessionError
 from ucgate.store.location import StoreUnavailable
+from ucgate.store.sqlite_file import SqliteFile
 from ucgate.store.write_behind import WriteBehind
 
 __all__ = [
@@ -146,32 +146,24 @@ class SessionsJournal:
     """A blocking SQLite file of sessions; called from a worker thread."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, _SCHEMA_VERSION):
-            self._db.close()
-            raise sqlite3.DatabaseError(
-                f"{path}: sessions schema version {version}, this ucgate knows {_SCHEMA_VERSION}"
-            )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS sessions ("
-            " id TEXT PRIMARY KEY, created_at REAL NOT NULL, session TEXT NOT NULL)"
-            " WITHOUT ROWID"
+        self._file = SqliteFile(
+            path,
+            name="sessions",
+            version=_SCHEMA_VERSION,
+            schema=[
+                "CREATE TABLE IF NOT EXISTS sessions ("
+                " id TEXT PRIMARY KEY, created_at REAL NOT NULL, session TEXT NOT NULL)"
+                " WITHOUT ROWID"
+            ],
         )
-        self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        self.path = path
 
     @classmethod
     def in_dir(cls, data_dir: Path) -> SessionsJournal:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(data_dir / FILENAME)
+        return cls(SqliteFile.in_dir(data_dir, FILENAME))
 
     def load(self) -> builtins.list[Session]:
-        with self._lock:
-            rows = self._db.execute("SELECT id, session FROM sessions").fetchall()
+        rows = self._file.query("SELECT id, session FROM sessions")
         out: list[Session] = []
         for session_id, text in rows:
             try:
@@ -182,22 +174,16 @@ class SessionsJournal:
 
     def write(self, sessions: Sequence[Session]) -> None:
         rows = [(s.id, s.created_at, session_to_json(s)) for s in sessions]
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(
-                    "INSERT INTO sessions (id, created_at, session) VALUES (?, ?, ?)"
-                    " ON CONFLICT(id) DO UPDATE SET session = excluded.session",
-                    rows,
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        self._file.transaction(
+            lambda db: db.executemany(
+                "INSERT INTO sessions (id, created_at, session) VALUES (?, ?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET session = excluded.session",
+                rows,
+            )
+        )
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._file.close()
 
 
 # --- the embedded store ----------------------------------------------------------------
