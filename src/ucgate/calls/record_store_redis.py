@@ -31,9 +31,7 @@ from typing import Any, cast
 
 import structlog
 from redis.asyncio import Redis
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, WatchError
-from redis.retry import Retry
 
 from ucgate.calls.record_store import (
     CallPage,
@@ -45,6 +43,7 @@ from ucgate.calls.record_store import (
 )
 from ucgate.calls.records import CallEvent, CallRecord
 from ucgate.store.location import StoreConflict, StoreUnavailable
+from ucgate.store.redis_common import KeyLocks, bounded_client
 
 __all__ = ["DEFAULT_PREFIX", "RedisCallRecordStore"]
 
@@ -76,21 +75,14 @@ class RedisCallRecordStore:
         self._agent_prefix = key_prefix + "agent:"
         self._index_key = key_prefix + "idx"
         self._max_attempts = max_attempts
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._lock_users: dict[str, int] = {}
+        self._locks = KeyLocks()
 
     @classmethod
     async def connect(
         cls, url: str, *, timeout: float = 1.0, **options: Any
     ) -> RedisCallRecordStore:
         """Connect to ``url`` and check it answers; StoreUnavailable if it does not."""
-        client = Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+        client = bounded_client(url, timeout)
         store = cls(client, timeout=timeout, **options)
         try:
             async with store._io("ping"):
@@ -105,7 +97,7 @@ class RedisCallRecordStore:
 
     async def append(self, call_id: str, event: CallEvent) -> CallRecord:
         try:
-            async with self._io("append"), self._call_lock(call_id):
+            async with self._io("append"), self._locks.hold(call_id):
                 return await self._append(call_id, event)
         except _CallerFailed as failed:
             raise failed.error from None
@@ -208,16 +200,3 @@ class RedisCallRecordStore:
                 yield
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"calls {what}: {type(exc).__name__}: {exc}") from exc
-
-    @asynccontextmanager
-    async def _call_lock(self, call_id: str) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(call_id, asyncio.Lock())
-        self._lock_users[call_id] = self._lock_users.get(call_id, 0) + 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._lock_users[call_id] -= 1
-            if not self._lock_users[call_id]:
-                del self._lock_users[call_id]
-                del self._locks[call_id]

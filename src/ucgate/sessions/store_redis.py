@@ -26,9 +26,7 @@ from typing import Any, cast
 
 import structlog
 from redis.asyncio import Redis
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, WatchError
-from redis.retry import Retry
 
 from ucgate.calls.record_store import check_page_args, encode_cursor
 from ucgate.sessions.model import Session, SessionError
@@ -43,6 +41,7 @@ from ucgate.sessions.store import (
     session_to_json,
 )
 from ucgate.store.location import StoreConflict, StoreUnavailable
+from ucgate.store.redis_common import KeyLocks, bounded_client
 
 __all__ = ["DEFAULT_PREFIX", "RedisSessionStore"]
 
@@ -64,18 +63,11 @@ class RedisSessionStore:
         self._timeout = timeout
         self._p = key_prefix
         self._max_attempts = max_attempts
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._lock_users: dict[str, int] = {}
+        self._locks = KeyLocks()
 
     @classmethod
     async def connect(cls, url: str, *, timeout: float = 1.0, **options: Any) -> RedisSessionStore:
-        client = Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+        client = bounded_client(url, timeout)
         store = cls(client, timeout=timeout, **options)
         try:
             async with store._io("ping"):
@@ -133,40 +125,32 @@ class RedisSessionStore:
 
     async def update(self, session_id: str, fn: UpdateFn) -> Session:
         key = self._key(session_id)
-        lock = self._locks.setdefault(session_id, asyncio.Lock())
-        self._lock_users[session_id] = self._lock_users.get(session_id, 0) + 1
-        try:
-            async with lock:
-                for attempt in range(self._max_attempts):
-                    try:
-                        async with (
-                            self._io("update"),
-                            self._client.pipeline(transaction=True) as pipeline,
-                        ):
-                            pipe: Any = pipeline  # partly untyped stubs
-                            await pipe.watch(key)
-                            text = await pipe.get(key)
-                            if text is None:
-                                raise _Refused(UnknownSession(session_id))
-                            current = session_from_json(text)
-                            try:
-                                new = checked_update(current, fn)
-                            except SessionError as exc:
-                                raise _Refused(exc) from None
-                            pipe.multi()
-                            pipe.set(key, session_to_json(new))
-                            self._index(pipe, current, new)
-                            await pipe.execute()
-                            return new
-                    except WatchError:
-                        await asyncio.sleep(random.uniform(0, 0.001 * (attempt + 1)))
-                    except _Refused as refused:
-                        raise refused.error from None
-        finally:
-            self._lock_users[session_id] -= 1
-            if not self._lock_users[session_id]:
-                del self._lock_users[session_id]
-                del self._locks[session_id]
+        async with self._locks.hold(session_id):
+            for attempt in range(self._max_attempts):
+                try:
+                    async with (
+                        self._io("update"),
+                        self._client.pipeline(transaction=True) as pipeline,
+                    ):
+                        pipe: Any = pipeline  # partly untyped stubs
+                        await pipe.watch(key)
+                        text = await pipe.get(key)
+                        if text is None:
+                            raise _Refused(UnknownSession(session_id))
+                        current = session_from_json(text)
+                        try:
+                            new = checked_update(current, fn)
+                        except SessionError as exc:
+                            raise _Refused(exc) from None
+                        pipe.multi()
+                        pipe.set(key, session_to_json(new))
+                        self._index(pipe, current, new)
+                        await pipe.execute()
+                        return new
+                except WatchError:
+                    await asyncio.sleep(random.uniform(0, 0.001 * (attempt + 1)))
+                except _Refused as refused:
+                    raise refused.error from None
         raise StoreConflict(f"update of session {session_id!r} lost {self._max_attempts} races")
 
     async def get(self, session_id: str) -> Session | None:

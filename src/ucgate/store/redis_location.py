@@ -48,9 +48,7 @@ from typing import Any, cast
 
 import structlog
 from redis.asyncio import Redis
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, WatchError
-from redis.retry import Retry
 
 from ucgate.store.location import (
     Binding,
@@ -60,6 +58,7 @@ from ucgate.store.location import (
     check_update_result,
     sort_bindings,
 )
+from ucgate.store.redis_common import KeyLocks, bounded_client
 
 log = structlog.get_logger(__name__)
 
@@ -123,22 +122,14 @@ class RedisLocationStore:
         self._max_attempts = max_attempts
         self._sweep_batch = sweep_batch
         self._sweep = client.register_script(_SWEEP_LUA)
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._lock_users: dict[str, int] = {}
+        self._locks = KeyLocks()
 
     @classmethod
     async def connect(
         cls, url: str, *, node_id: str, timeout: float = 1.0, **options: Any
     ) -> RedisLocationStore:
         """Connect to ``url`` and check it answers; raise StoreUnavailable if it does not."""
-        client = Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            # Our own timeout bounds each call; client-side retries would multiply it.
-            retry=Retry(NoBackoff(), 0),
-        )
+        client = bounded_client(url, timeout)
         store = cls(client, node_id=node_id, timeout=timeout, **options)
         try:
             async with store._io("ping"):
@@ -162,7 +153,7 @@ class RedisLocationStore:
 
     async def update(self, aor: str, fn: UpdateFn, now: float) -> list[Binding]:
         try:
-            async with self._io("update"), self._aor_lock(aor):
+            async with self._io("update"), self._locks.hold(aor):
                 return await self._update(aor, fn, now)
         except _CallerFailed as failed:
             raise failed.error from None
@@ -273,21 +264,6 @@ class RedisLocationStore:
         except (RedisError, OSError) as exc:  # TimeoutError is an OSError
             log.warning("location.redis_unavailable", operation=operation, error=str(exc))
             raise StoreUnavailable(f"redis {operation} failed: {exc!s}") from exc
-
-    @asynccontextmanager
-    async def _aor_lock(self, aor: str) -> AsyncIterator[None]:
-        # One lock per AOR while someone uses it; dropped afterwards so the dict stays small.
-        lock = self._locks.get(aor)
-        if lock is None:
-            lock = self._locks[aor] = asyncio.Lock()
-        self._lock_users[aor] = self._lock_users.get(aor, 0) + 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._lock_users[aor] -= 1
-            if not self._lock_users[aor]:
-                del self._lock_users[aor], self._locks[aor]
 
     def _decode(self, aor: str, raw: dict[str, str]) -> list[Binding]:
         out = []
