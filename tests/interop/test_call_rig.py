@@ -48,8 +48,10 @@ def phones() -> Iterator[tuple[Softphone, Softphone, Softphone]]:
 def _assert_two_way(
     x: Softphone, x_call: int, x_hears: int, y: Softphone, y_call: int, y_hears: int
 ) -> None:
-    x.wait_tone(x_call, x_hears, timeout=5)
-    y.wait_tone(y_call, y_hears, timeout=5)
+    # 10 s, as the gateway audio tests: media after a Replaces transfer can take a few
+    # seconds to start on a 2-core machine busy with the rest of the suite.
+    x.wait_tone(x_call, x_hears, timeout=10)
+    y.wait_tone(y_call, y_hears, timeout=10)
 
 
 def _connect(a: Softphone, b: Softphone, *, answer: int | None = 200) -> tuple[int, int, str]:
