@@ -21,7 +21,8 @@ STAMP := $(VENV)/.stamp
 CONFIG ?= config/ucgate.toml
 
 # Debian package that provides each command the tests drive.
-SYSTEM_COMMANDS := redis-server:redis-server sipp:sip-tester kamailio:kamailio
+SYSTEM_COMMANDS := redis-server:redis-server sipp:sip-tester kamailio:kamailio \
+                   rtpengine:rtpengine-daemon
 # Packages without a command of their own (checked with dpkg): Kamailio's presence modules
 # for the reference presence server of the rig's tests and bench/presence.
 SYSTEM_PACKAGES := kamailio-presence-modules

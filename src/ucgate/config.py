@@ -884,6 +884,28 @@ class CallsConfig(BaseModel):
         return self
 
 
+class MediaBackend(enum.Enum):
+    # SDP always passes through: no anchoring, so a browser cannot talk to a trunk.
+    NONE = "none"
+    # aiortc (WebRTC side) + pjsua2 (RTP side) in media worker processes ucgate runs.
+    EMBEDDED = "embedded"
+    # An rtpengine daemon (Debian rtpengine-daemon) driven over its ng protocol.
+    RTPENGINE = "rtpengine"
+
+
+class MediaConfig(BaseModel):
+    """Media anchoring for leg pairs that cannot exchange media directly (a browser's
+    WebRTC and a trunk's plain RTP); every other call keeps SDP pass-through."""
+
+    model_config = _MODEL_CONFIG
+
+    backend: MediaBackend = MediaBackend.NONE
+    # rtpengine backend: the ng control address (its --listen-ng).
+    rtpengine: SocketAddress = Field(
+        default_factory=lambda: SocketAddress(host="127.0.0.1", port=2223)
+    )
+
+
 class ApiKey(BaseModel):
     model_config = _MODEL_CONFIG
 
@@ -962,6 +984,7 @@ class UcgateConfig(BaseModel):
     dids: tuple[Did, ...] = ()
     dial_rules: tuple[DialRule, ...] = ()
     calls: CallsConfig = Field(default_factory=CallsConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
     queues: tuple[QueueConfig, ...] = ()
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     webhooks: tuple[Webhook, ...] = ()

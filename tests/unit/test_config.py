@@ -336,7 +336,12 @@ CASES: list[tuple[str, str, str, str]] = [
         "top level",
         "unknown key 'nodeid' (did you mean 'node_id'?)",
     ),
-    ("unknown section", MINIMAL + "[media]\nrtp = 1\n", "top level", "unknown key 'media'"),
+    (
+        "unknown section",
+        MINIMAL + "[mediaa]\nrtp = 1\n",
+        "top level",
+        "unknown key 'mediaa' (did you mean 'media'?)",
+    ),
     (
         "wrong type",
         MINIMAL + '[registrar]\nmin_expires = "soon"\n',

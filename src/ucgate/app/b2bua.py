@@ -52,6 +52,8 @@ from ucgate.calls.routing import (
     route_call,
 )
 from ucgate.config import UcgateConfig
+from ucgate.media.anchor import MediaAnchor, MediaError, MediaKey, MediaProfile, Side
+from ucgate.media.profile import needs_anchor, profile_of_sdp, profile_of_transport
 from ucgate.sip.auth_gate import DigestGate
 from ucgate.sip.digest import build_authorization, pick_challenge
 from ucgate.sip.errors import LocalProtocolError, RemoteProtocolError
@@ -118,6 +120,10 @@ class Leg:
     # The trunk a leg leaves through (its credentials answer the PBX's challenge).
     trunk: str | None = None
     auth_tries: int = 0
+    # The media profile this leg's device speaks (None: unknown, e.g. no SDP seen).
+    profile: MediaProfile | None = None
+    # Set on a leg whose media is anchored (its SDP rewritten by the media backend).
+    media: MediaKey | None = None
 
 
 @dataclass(eq=False)
@@ -203,6 +209,8 @@ class Relay:
     request: Request
     key: TxKey
     answerer: Leg
+    # Set when the offer went through the media anchor: the answer must too.
+    media: MediaKey | None = None
 
 
 def peer_from_source(source: str, flow: str | None, node_id: str) -> Peer | None:
@@ -252,6 +260,9 @@ class CallManager:
         )
         self.tracker: CallTracker | None = None
         self.queue_router: QueueRouter | None = None
+        # The media anchor for legs that cannot exchange media directly (None: every
+        # call is SDP pass-through).
+        self.media: MediaAnchor | None = None
         self._loop = asyncio.get_running_loop()
         self._ids = itertools.count(1)
         self._by_dialog: dict[tuple[str, str], tuple[Call, Leg]] = {}
@@ -403,6 +414,7 @@ class CallManager:
         cid = f"{self.node_id}-{next(self._ids)}-{secrets.token_hex(3)}"
         a_agent = caller.id if caller.kind is CallerKind.AGENT else None
         a = Leg("a", session, ev.peer, agent=a_agent, invite_key=ev.key, last_sdp=req.body or None)
+        a.profile = profile_of_sdp(req.body) if req.body else None
         callee_aor = f"sip:{route.id}@{self.domain}"
         direction = (
             "inbound"
@@ -437,7 +449,9 @@ class CallManager:
             bindings = await self.locations.lookup(callee_aor, time.time())
             log.info("call.offered", caller=call.caller, callee=callee_aor, forks=len(bindings))
             for index, binding in enumerate(bindings):
-                self._fork(call, index, binding, uri.user, route.kind, call.b_agent)
+                await self._fork(call, index, binding, uri.user, route.kind, call.b_agent)
+                if call.ended or call.a.session.terminated:
+                    break  # cancelled while the media backend was asked for an offer
             if not call.forks:
                 log.info("call.unavailable", callee=callee_aor)
                 self._reject(call, 480, "Temporarily Unavailable", EndReason.FAILED)
@@ -446,7 +460,7 @@ class CallManager:
                 self.config.calls.ring_timeout, self._ring_timeout, call
             )
 
-    def _fork(
+    async def _fork(
         self,
         call: Call,
         index: int,
@@ -471,6 +485,24 @@ class CallManager:
         invite = a_session.invite
         extra = [(n, v) for n in PASS_HEADERS for v in invite.headers.get_all(n)]
         caller = from_(invite)
+        profile = profile_of_transport(peer.kind)
+        sdp = invite.body or None
+        media = None
+        if sdp is not None and self.media is not None and needs_anchor(call.a.profile, profile):
+            # A browser and a phone/trunk cannot exchange media directly: anchor this
+            # fork (its own media session, so a losing fork is released alone).
+            media = MediaKey(call.id, f"b{call.leg_count}")
+            try:
+                sdp = await self.media.offer(media, "a", sdp, profile)
+            except MediaError as exc:
+                log.warning("call.media_refused", status=exc.status, reason=exc.reason)
+                call.last_failure = call.last_failure or exc.status
+                return
+            if call.ended or call.a.session.terminated:
+                self._release_media(media)
+                return
+        elif sdp is not None and needs_anchor(call.a.profile, profile):
+            log.warning("call.media_unbridgeable", offer=str(call.a.profile), target=str(profile))
         self._new_uac_leg(
             call,
             target,
@@ -480,11 +512,13 @@ class CallManager:
             if caller.display_name
             else f"<{caller.uri}>",
             to=f"<{call.callee}>",
-            sdp=invite.body or None,
+            sdp=sdp,
             extra=extra,
             forks=call.forks,
             contact=binding.contact,
             trunk=trunk_id,
+            profile=profile,
+            media=media,
         )
         del index
 
@@ -502,6 +536,8 @@ class CallManager:
         forks: list[Leg],
         contact: str,
         trunk: str | None = None,
+        profile: MediaProfile | None = None,
+        media: MediaKey | None = None,
     ) -> Leg:
         """A new UAC leg (a fork toward one device): INVITE sent, indexed, recorded."""
         leg, request = self._prepare_uac_leg(
@@ -516,6 +552,8 @@ class CallManager:
             trunk=trunk,
         )
         call.leg_count += 1
+        leg.profile = profile
+        leg.media = media
         forks.append(leg)
         self._launch(call, leg, request, to=to, contact=contact)
         return leg
@@ -630,7 +668,7 @@ class CallManager:
             self._spawn(self._on_refer(call, leg, event.request))
         elif isinstance(event, RequestAnswered):
             if relay is not None:
-                self._answer_relay(relay, event)
+                self._answer_relay(call, relay, event)
         elif isinstance(event, RetryReInvite) and event.method == "UPDATE":
             # §14.1: our session refresh met glare (491); the back-off is over: again.
             with_suppressed_local(
@@ -655,9 +693,20 @@ class CallManager:
             self._respond(leg, req, 481 if other is None else 487)
             return
         ctype = req.headers.get("Content-Type")
+        is_sdp = bool(req.body) and (ctype or "").startswith("application/sdp")
+        media = call.b.media if call.b is not None else None
+        if media is not None and is_sdp:
+            self._spawn(self._relay_anchored(call, leg, other, req, media))
+            return
+        self._relay_body(call, leg, other, req, req.body, None)
+
+    def _relay_body(
+        self, call: Call, leg: Leg, other: Leg, req: Request, body: bytes, media: MediaKey | None
+    ) -> None:
+        ctype = req.headers.get("Content-Type")
         try:
             out = other.session.create_request(
-                req.method, body=req.body, content_type=ctype if req.body else None, now=self.now()
+                req.method, body=body, content_type=ctype if body else None, now=self.now()
             )
         except LocalProtocolError:
             self._respond(leg, req, 491)
@@ -665,12 +714,60 @@ class CallManager:
         key = self._send_in_dialog(call, other, out)
         if req.body and (ctype or "").startswith("application/sdp"):
             leg.last_sdp = req.body
-        self._relays[key] = Relay(leg, req, server_key(req), other)
+        self._relays[key] = Relay(leg, req, server_key(req), other, media)
 
-    def _answer_relay(self, relay: Relay, event: RequestAnswered) -> None:
+    async def _relay_anchored(
+        self, call: Call, leg: Leg, other: Leg, req: Request, key: MediaKey
+    ) -> None:
+        """A re-offer (hold, resume, codec change) on an anchored call: the anchor
+        rewrites it for the other side (RFC 3264 §8)."""
+        assert self.media is not None
+        with structlog.contextvars.bound_contextvars(call_id=call.id):
+            try:
+                body = await self.media.offer(
+                    key, self._side(call, leg), req.body, other.profile or MediaProfile.RTP
+                )
+            except MediaError as exc:
+                log.warning("call.media_reoffer_failed", status=exc.status, reason=exc.reason)
+                with contextlib.suppress(LocalProtocolError):
+                    self._respond(leg, req, 488 if exc.status == 488 else 500)
+                return
+            if other.session.terminated or leg.session.terminated:
+                return
+            self._relay_body(call, leg, other, req, body, key)
+
+    @staticmethod
+    def _side(call: Call, leg: Leg) -> Side:
+        return "a" if leg is call.a else "b"
+
+    def _answer_relay(self, call: Call, relay: Relay, event: RequestAnswered) -> None:
         sdp = event.response.body if event.sdp is not None and event.status < 300 else None
         if sdp is not None:
             relay.answerer.last_sdp = sdp
+            if relay.media is not None:
+                self._spawn(self._answer_relay_anchored(call, relay, event, sdp, relay.media))
+                return
+        self._send_relay_answer(relay, event, sdp)
+
+    async def _answer_relay_anchored(
+        self, call: Call, relay: Relay, event: RequestAnswered, sdp: bytes, key: MediaKey
+    ) -> None:
+        assert self.media is not None
+        with structlog.contextvars.bound_contextvars(call_id=call.id):
+            try:
+                answer = await self.media.answer(
+                    key,
+                    self._side(call, relay.answerer),
+                    sdp,
+                    relay.origin.profile or MediaProfile.RTP,
+                )
+            except MediaError as exc:
+                log.warning("call.media_reanswer_failed", status=exc.status, reason=exc.reason)
+                self._hangup(call, EndReason.FAILED)
+                return
+            self._send_relay_answer(relay, event, answer)
+
+    def _send_relay_answer(self, relay: Relay, event: RequestAnswered, sdp: bytes | None) -> None:
         body = b"" if sdp is not None else event.response.body
         ctype = event.response.headers.get("Content-Type") if body else None
         try:
@@ -699,10 +796,13 @@ class CallManager:
             self._record(call, RingingStarted(at=time.time(), leg_id=leg.name))
         a = call.a.session
         assert isinstance(a, InviteServerSession)
-        status = 183 if event.sdp is not None else 180
+        # An anchored fork's early media would need its own answer from the anchor;
+        # the caller hears local ringback instead (180 without SDP).
+        early_sdp = event.sdp if leg.media is None else None
+        status = 183 if early_sdp is not None else 180
         if status == call.provisional_sent or (call.provisional_sent == 183):
             return
-        early = event.sdp.to_bytes() if event.sdp is not None else None
+        early = early_sdp.to_bytes() if early_sdp is not None else None
         try:
             resp = a.provisional(status, early)
         except LocalProtocolError:
@@ -735,15 +835,41 @@ class CallManager:
                     LegEnded(at=now_wall, leg_id=other.name, reason=EndReason.ANSWERED_ELSEWHERE),
                 )
         self._cancel_forks(call, keep=leg)
+        for other in call.forks:
+            if other is not leg:
+                self._release_media(other.media)
         call.forks = [leg]
+        sdp = event.sdp.to_bytes() if event.sdp is not None else None
+        if leg.media is not None and sdp is not None:
+            self._spawn(self._accept_anchored(call, leg, leg.media, sdp))
+            return
+        self._accept_caller(call, leg, sdp)
+
+    def _accept_caller(self, call: Call, leg: Leg, sdp: bytes | None) -> None:
         a = call.a.session
         assert isinstance(a, InviteServerSession)
-        sdp = event.sdp.to_bytes() if event.sdp is not None else None
-        resp = a.accept(sdp, now=self.now())
+        try:
+            resp = a.accept(sdp, now=self.now())
+        except LocalProtocolError:
+            # The caller gave up (CANCEL, BYE) while the answer was on its way.
+            self._bye(call, leg)
+            return
         assert call.a.invite_key is not None
         self.runtime.send_response(call.a.invite_key, resp)
         self._drain(call, call.a)
-        log.info("call.answered", leg=leg.name)
+        log.info("call.answered", leg=leg.name, anchored=leg.media is not None)
+
+    async def _accept_anchored(self, call: Call, leg: Leg, key: MediaKey, sdp: bytes) -> None:
+        assert self.media is not None
+        with structlog.contextvars.bound_contextvars(call_id=call.id):
+            try:
+                answer = await self.media.answer(key, "b", sdp, call.a.profile or MediaProfile.RTP)
+            except MediaError as exc:
+                log.warning("call.media_failed", status=exc.status, reason=exc.reason)
+                self._bye(call, leg)
+                self._reject(call, exc.status, exc.reason[:60], EndReason.FAILED)
+                return
+            self._accept_caller(call, leg, answer)
 
     def _answer_challenge(self, call: Call, leg: Leg, event: Rejected) -> bool:
         """A PBX challenged our INVITE on a trunk leg: retry once with the trunk's
@@ -779,6 +905,7 @@ class CallManager:
         return True
 
     def _on_fork_failed(self, call: Call, leg: Leg, status: int) -> None:
+        self._release_media(leg.media)
         if call.queued is not None and call.b is None and not call.ended:
             self._queued_fork_failed(call, leg, status)
             return
@@ -905,6 +1032,7 @@ class CallManager:
         for leg in call.legs():
             if leg.timer is not None:
                 leg.timer.cancel()
+            self._release_media(leg.media)
         for dkey in call.dialog_keys:
             if dkey in self._by_dialog and self._by_dialog[dkey][0] is call:
                 del self._by_dialog[dkey]
@@ -912,6 +1040,30 @@ class CallManager:
             for tkey in call.tx_keys:
                 if tkey in index and index[tkey][0] is call:
                     del index[tkey]
+
+    # -- media anchoring --------------------------------------------------------------
+    def _release_media(self, key: MediaKey | None) -> None:
+        if key is not None and self.media is not None:
+            self._spawn(self.media.delete(key))
+
+    def media_lost(self, keys: list[MediaKey], reason: str) -> None:
+        """The media backend lost these sessions (a media worker died): their calls
+        cannot carry audio any more, so they end cleanly, BYE on every leg."""
+        for call_id_ in {k.call_id for k in keys}:
+            call = self.calls.get(call_id_)
+            if call is None or call.ended:
+                continue
+            with structlog.contextvars.bound_contextvars(call_id=call.id):
+                log.warning("call.media_lost", reason=reason)
+                if call.b is None:
+                    self._cancel_forks(call, keep=None)
+                    self._reject(call, 503, "Media Lost", EndReason.FAILED)
+                else:
+                    self._hangup(call, EndReason.FAILED)
+                self._forget_if_done(call)
+
+    def _anchored(self, call: Call) -> bool:
+        return any(leg.media is not None for leg in call.legs())
 
     def _track_hold(self, call: Call, leg: Leg, body: bytes) -> None:
         if not body or call.b is None:
@@ -957,6 +1109,12 @@ class CallManager:
         refer_to = refer.headers.get("Refer-To")
         if other is None or refer_to is None or call.transfer is not None or call.ended:
             self._respond(leg, refer, 400 if refer_to is None else 491)
+            return
+        if self._anchored(call):
+            # Moving an anchored party to a new target needs a new anchored session
+            # toward that target's profile; not built yet (say so rather than connect
+            # two parties whose media cannot meet).
+            self._respond(leg, refer, 501)
             return
         try:
             target_uri = parse_name_addr(refer_to).uri
@@ -1224,7 +1382,7 @@ class CallManager:
         with structlog.contextvars.bound_contextvars(call_id=call_id):
             bindings = await self.locations.lookup(call.callee, time.time())
             for binding in bindings:
-                self._fork(call, call.leg_count, binding, agent, RouteKind.AGENT, agent)
+                await self._fork(call, call.leg_count, binding, agent, RouteKind.AGENT, agent)
         if not call.forks:
             call.ringing_agent = None
             return False

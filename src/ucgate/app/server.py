@@ -28,6 +28,7 @@ from ucgate.calls.record_store_redis import RedisCallRecordStore
 from ucgate.config import UcgateConfig
 from ucgate.http.api import build_app
 from ucgate.http.auth import ApiKeys
+from ucgate.media.factory import build_anchor
 from ucgate.presence.model import StatusDef, status_table
 from ucgate.presence.service import PresenceService
 from ucgate.presence.store import PresenceStore
@@ -125,6 +126,8 @@ class Node:
         # every binding we acknowledged.
         # Calls in progress get their BYEs while the transports are still open.
         await self.calls.close()
+        if self.calls.media is not None:
+            await self.calls.media.close()
         await self.hub.close()
         await self.app.drain()
         if self.calls.tracker is not None:
@@ -363,6 +366,10 @@ async def start_node(config: UcgateConfig) -> Node:
         node_id=node_id,
         to_tag=new_tag,
     )
+    anchor = build_anchor(config.media)
+    if anchor is not None:
+        await anchor.start(calls.media_lost)
+        calls.media = anchor
     records = await _open_call_records(config)
     tracker = CallTracker(records, presence, wrap_up=float(config.calls.wrap_up))
     tracker.start()

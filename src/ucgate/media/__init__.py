@@ -1,0 +1,1 @@
+"""Media anchoring: terminate and bridge audio between legs that cannot talk directly."""

@@ -1,0 +1,179 @@
+"""Media anchoring: a browser (WebRTC) agent and a SIP trunk (plain RTP) on one call.
+
+The "browser" here is :class:`tests.support.webrtc_phone.WebRtcPhone` (SIP over WebSocket
+like JsSIP, aiortc for ICE/DTLS-SRTP/Opus); the trunk is a real pjsua2 phone from the rig.
+Each plays its own tone and detects the other's, so every assertion means audio crossed
+the anchor, both ways. The media backend is a real rtpengine started on free ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sip_test_rig.media import DEFAULT_TONES
+from sip_test_rig.ports import free_port
+from sip_test_rig.rtpengine import Rtpengine
+from sip_test_rig.softphone_client import Softphone
+from tests.support.ucgate_process import Account, UcgateProcess
+from tests.support.webrtc_phone import WebRtcPhone
+from ucgate.sip.sdp import parse_sdp
+
+pytestmark = pytest.mark.interop
+
+DOMAIN = "example.test"
+ALICE = Account("alice", "alice-Pa55word")
+PBX = Account("pbx1", "pbx1-Pa55word")
+TONE_TRUNK, TONE_BROWSER = DEFAULT_TONES[0], DEFAULT_TONES[2]
+
+
+@pytest.fixture
+def rtpengine(tmp_path: Path) -> Iterator[Rtpengine]:
+    with Rtpengine(tmp_path / "rtpengine") as engine:
+        yield engine
+
+
+@pytest.fixture
+def node(tmp_path: Path, rtpengine: Rtpengine) -> Iterator[UcgateProcess]:
+    tail = f"""
+[[dids]]
+number = "+15550100"
+target = "agent:alice"
+[[dial_rules]]
+prefix = "+1"
+trunk = "pbx1"
+[calls]
+ring_timeout = 15
+[media]
+backend = "rtpengine"
+rtpengine = "127.0.0.1:{rtpengine.ng_port}"
+"""
+    n = UcgateProcess(
+        tmp_path / "n", agents=[ALICE], trunks=[PBX], tail=tail, ws_port=free_port()
+    ).start()
+    try:
+        yield n
+    finally:
+        n.stop()
+
+
+@pytest.fixture
+def trunk(node: UcgateProcess) -> Iterator[Softphone]:
+    phone = Softphone(tone=TONE_TRUNK).start()
+    try:
+        account = phone.register(
+            server=f"127.0.0.1:{node.sip_port}",
+            user=PBX.id,
+            password=PBX.password,
+            domain=DOMAIN,
+            proxy=True,
+            auto_answer=200,
+            answer_delay_ms=100,
+        )
+        assert phone.wait_reg_state(account=account, timeout=10)["code"] == 200
+        yield phone
+    finally:
+        phone.stop()
+
+
+async def browser(node: UcgateProcess) -> WebRtcPhone:
+    phone = WebRtcPhone(
+        f"ws://127.0.0.1:{node.ws_port}/",
+        ALICE.id,
+        ALICE.password,
+        domain=DOMAIN,
+        tone=TONE_BROWSER,
+        listen=[TONE_TRUNK, TONE_BROWSER],
+    )
+    await phone.connect()
+    resp = await phone.register()
+    assert resp.status == 200, resp
+    return phone
+
+
+async def wait_until(predicate: object, timeout: float = 10.0) -> None:
+    assert callable(predicate)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)  # polling an external process's state, bounded
+
+
+def test_trunk_calls_browser_agent_two_way_audio_hold_resume(
+    node: UcgateProcess, trunk: Softphone, rtpengine: Rtpengine
+) -> None:
+    async def scenario() -> None:
+        alice = await browser(node)
+        try:
+            call_t = trunk.make_call(f"sip:+15550100@{DOMAIN}")
+            invite = await alice.next_request("INVITE")
+            # The trunk offered RTP/AVP; the browser gets WebRTC from the anchor.
+            offer = parse_sdp(invite.body)
+            assert offer.media[0].proto == "UDP/TLS/RTP/SAVPF", invite.body
+            assert b"a=fingerprint" in invite.body and b"a=ice-ufrag" in invite.body
+            await alice.answer(invite)
+            confirmed = await asyncio.to_thread(trunk.wait_call_state, call_t, "confirmed")
+            assert confirmed["code"] == 200
+            await alice.wait_tone(TONE_TRUNK)
+            await asyncio.to_thread(trunk.wait_tone, call_t, TONE_BROWSER, 10)
+            assert len(rtpengine.active_calls()) == 1
+
+            # DTMF from the trunk as INFO is relayed to the browser (RFC 6086 INFO).
+            trunk.dial_dtmf(call_t, "5", method="info")
+            info = await alice.next_request("INFO")
+            assert b"Signal=5" in info.body or b"Signal= 5" in info.body, info.body
+
+            # Hold from the trunk (RFC 3264 §8.4): the browser gets the re-offer through
+            # the anchor, still sendonly from the holder's side, and answers it.
+            trunk.hold(call_t)
+            await asyncio.to_thread(
+                trunk.wait_call_event, "media_state", call_t, status="local_hold"
+            )
+            reoffer = parse_sdp(alice.last_reoffer)
+            assert reoffer.direction() in ("sendonly", "inactive"), alice.last_reoffer
+            assert reoffer.media[0].proto == "UDP/TLS/RTP/SAVPF"
+            _, doc = node.http_get("/v1/presence/alice", key=node.api_key)
+            assert doc["voice"] == "held", doc
+            trunk.resume(call_t)
+            await asyncio.to_thread(trunk.wait_call_event, "media_state", call_t, status="active")
+            alice.reset_audio()
+            trunk.reset_audio(call_t)
+            await alice.wait_tone(TONE_TRUNK)
+            await asyncio.to_thread(trunk.wait_tone, call_t, TONE_BROWSER, 10)
+
+            trunk.hangup(call_t)
+            await alice.next_request("BYE")
+            assert not alice.errors, alice.errors
+            await wait_until(lambda: not rtpengine.active_calls())
+        finally:
+            await alice.close()
+
+    asyncio.run(scenario())
+
+
+def test_browser_agent_calls_out_through_trunk(
+    node: UcgateProcess, trunk: Softphone, rtpengine: Rtpengine
+) -> None:
+    async def scenario() -> None:
+        alice = await browser(node)
+        try:
+            resp = await alice.call(f"sip:+15557654321@{DOMAIN}")
+            assert resp.status == 200, resp
+            answer = parse_sdp(resp.body)
+            assert answer.media[0].proto == "UDP/TLS/RTP/SAVPF", resp.body
+            incoming = await asyncio.to_thread(trunk.wait_incoming)
+            call_t = int(incoming["call"])
+            await alice.wait_tone(TONE_TRUNK)
+            await asyncio.to_thread(trunk.wait_tone, call_t, TONE_BROWSER, 10)
+            bye = await alice.hangup()
+            assert bye.status == 200
+            assert await asyncio.to_thread(trunk.wait_call_state, call_t, "disconnected")
+            await wait_until(lambda: not rtpengine.active_calls())
+        finally:
+            await alice.close()
+
+    asyncio.run(scenario())
