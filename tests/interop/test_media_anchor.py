@@ -9,9 +9,11 @@ the anchor, both ways. The media backend is a real rtpengine started on free por
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from sip_test_rig.media import DEFAULT_TONES
@@ -45,6 +47,9 @@ target = "agent:alice"
 [[dial_rules]]
 prefix = "+1"
 trunk = "pbx1"
+[[queues]]
+id = "support"
+media = ["voice", "chat"]
 [calls]
 ring_timeout = 15
 [media]
@@ -172,6 +177,98 @@ def test_browser_agent_calls_out_through_trunk(
             bye = await alice.hangup()
             assert bye.status == 200
             assert await asyncio.to_thread(trunk.wait_call_state, call_t, "disconnected")
+            await wait_until(lambda: not rtpengine.active_calls())
+        finally:
+            await alice.close()
+
+    asyncio.run(scenario())
+
+
+def test_browser_tab_closed_mid_call_ends_it_at_once(
+    node: UcgateProcess, trunk: Softphone, rtpengine: Rtpengine
+) -> None:
+    async def scenario() -> None:
+        alice = await browser(node)
+        call_t = trunk.make_call(f"sip:+15550100@{DOMAIN}")
+        try:
+            invite = await alice.next_request("INVITE")
+            await alice.answer(invite)
+            await alice.wait_tone(TONE_TRUNK)
+        finally:
+            await alice.close()  # the tab is gone: no BYE, the WebSocket just closes
+        # The trunk gets its BYE from ucgate now, not after a session timer (minutes).
+        gone = await asyncio.to_thread(trunk.wait_call_state, call_t, "disconnected", 5)
+        assert gone["state"] == "disconnected"
+        await wait_until(lambda: not rtpengine.active_calls())
+        _, doc = node.http_get("/v1/presence/alice", key=node.api_key)
+        assert doc["voice"] == "offline", doc
+
+    asyncio.run(scenario())
+
+
+async def api(node: UcgateProcess, method: str, path: str, body: object = None) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {node.api_key}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(
+            method, f"http://127.0.0.1:{node.http_port}{path}", json=body, headers=headers
+        ) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+def test_browser_agent_elevates_chat_to_a_call_with_the_customer(
+    node: UcgateProcess, trunk: Softphone, rtpengine: Rtpengine
+) -> None:
+    """RFC 3725 third-party call control through the anchor: the browser agent is rung
+    with the anchor's WebRTC side, the customer (behind the trunk) is offered the anchor's
+    RTP side, and both hear each other."""
+
+    async def scenario() -> None:
+        alice = await browser(node)
+        url = f"http://127.0.0.1:{node.http_port}/v1/events"
+        headers = {"Authorization": f"Bearer {node.api_key}"}
+        try:
+            async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
+                status, session = await api(
+                    node,
+                    "POST",
+                    "/v1/sessions",
+                    {
+                        "customer": {"id": "c-9", "phone": "+15557654321"},
+                        "media": "chat",
+                        "queue": "support",
+                    },
+                )
+                assert status == 201, session
+                while (msg := json.loads((await ws.receive(timeout=15)).data))["type"] != (
+                    "offer_made"
+                ):
+                    pass
+                assert msg["agent"] == "alice"
+                sid, chat = session["id"], msg["channel_id"]
+                status, body = await api(
+                    node, "POST", f"/v1/sessions/{sid}/channels/{chat}/accept", {"agent": "alice"}
+                )
+                assert status == 200, body
+                status, body = await api(
+                    node,
+                    "POST",
+                    f"/v1/sessions/{sid}/channels",
+                    {"media": "voice", "to": "+15557654321"},
+                )
+                assert status in (200, 201), body
+            invite = await alice.next_request("INVITE")  # the agent's browser rings first
+            assert parse_sdp(invite.body).media[0].proto == "UDP/TLS/RTP/SAVPF"
+            await alice.answer(invite)
+            incoming = await asyncio.to_thread(trunk.wait_incoming, 15)
+            call_t = int(incoming["call"])
+            assert incoming["headers"].get("X-UCGate-Session") == sid
+            await alice.wait_tone(TONE_TRUNK)
+            await asyncio.to_thread(trunk.wait_tone, call_t, TONE_BROWSER, 10)
+            assert not alice.errors, alice.errors
+            trunk.hangup(call_t)
+            await alice.next_request("BYE")
             await wait_until(lambda: not rtpengine.active_calls())
         finally:
             await alice.close()

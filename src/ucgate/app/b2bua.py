@@ -269,6 +269,8 @@ class CallManager:
         self._by_server_invite: dict[TxKey, tuple[Call, Leg]] = {}
         self._by_client_key: dict[TxKey, tuple[Call, Leg]] = {}
         self._relays: dict[TxKey, Relay] = {}
+        # Our own re-offers to an anchored leg whose answer the anchor must see.
+        self._media_answers: dict[TxKey, MediaKey] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.calls: dict[str, Call] = {}
 
@@ -345,6 +347,11 @@ class CallManager:
             for out in leg.session.on_response(resp, self.now()):
                 self._send(call, leg, out)
             relay = self._relays.pop(ev.key, None) if resp.status >= 200 else None
+            media = self._media_answers.pop(ev.key, None) if resp.status >= 200 else None
+            if media is not None and resp.status < 300 and resp.body and self.media is not None:
+                # The anchored agent answered our re-offer: complete it on the anchor
+                # (the customer already talks to the anchor's RTP side).
+                self._spawn(self._complete_answer(media, resp.body))
             self._drain(call, leg, relay=relay)
         return True
 
@@ -694,7 +701,7 @@ class CallManager:
             return
         ctype = req.headers.get("Content-Type")
         is_sdp = bool(req.body) and (ctype or "").startswith("application/sdp")
-        media = call.b.media if call.b is not None else None
+        media = self._media_key(call)
         if media is not None and is_sdp:
             self._spawn(self._relay_anchored(call, leg, other, req, media))
             return
@@ -1042,6 +1049,13 @@ class CallManager:
                     del index[tkey]
 
     # -- media anchoring --------------------------------------------------------------
+    async def _complete_answer(self, key: MediaKey, sdp: bytes) -> None:
+        assert self.media is not None
+        try:
+            await self.media.answer(key, "a", sdp, MediaProfile.RTP)
+        except MediaError as exc:
+            log.warning("call.media_reanswer_failed", status=exc.status, reason=exc.reason)
+
     def _release_media(self, key: MediaKey | None) -> None:
         if key is not None and self.media is not None:
             self._spawn(self.media.delete(key))
@@ -1062,8 +1076,46 @@ class CallManager:
                     self._hangup(call, EndReason.FAILED)
                 self._forget_if_done(call)
 
+    def flow_closed(self, peer: Peer) -> None:
+        """A browser's WebSocket closed (tab closed, network lost): its calls cannot go
+        on, and waiting for a session timer to notice would leave the other party and
+        the agent's presence hanging for minutes. End them now (RFC 7118 §5: a WebSocket
+        SIP client is only reachable through its connection)."""
+        if peer.flow is None:
+            return
+        for call in list(self.calls.values()):
+            if call.ended:
+                continue
+            lost = [
+                leg
+                for leg in call.legs()
+                if leg.peer.kind is peer.kind and leg.peer.flow == peer.flow
+            ]
+            if not lost:
+                continue
+            with structlog.contextvars.bound_contextvars(call_id=call.id):
+                log.info("call.flow_closed", legs=[leg.name for leg in lost])
+                for leg in lost:
+                    # Nothing can reach that device any more: end its session here and
+                    # drop the BYE (§15.1.1: the session is over once BYE is decided).
+                    with contextlib.suppress(LocalProtocolError):
+                        leg.session.bye()
+                if call.b is None and call.a in lost:
+                    self._cancel_forks(call, keep=None)
+                    self._end(call, EndReason.CANCELLED)
+                elif call.b is not None and (call.a in lost or call.b in lost):
+                    self._hangup(call, EndReason.FAILED)
+                self._forget_if_done(call)
+
     def _anchored(self, call: Call) -> bool:
         return any(leg.media is not None for leg in call.legs())
+
+    @staticmethod
+    def _media_key(call: Call) -> MediaKey | None:
+        """The anchored session between the call's two connected parties, if any."""
+        if call.a.media is not None:
+            return call.a.media
+        return call.b.media if call.b is not None else None
 
     def _track_hold(self, call: Call, leg: Leg, body: bytes) -> None:
         if not body or call.b is None:
@@ -1438,18 +1490,39 @@ class CallManager:
         headers = [("X-UCGate-Session", session_id)] if session_id else []
         legs: list[tuple[Leg, Request, Binding]] = []
         for index, (binding, peer) in enumerate(peers):
+            name = "a" if index == 0 else f"a{index}"
+            sdp = self._placeholder_sdp()
+            profile = profile_of_transport(peer.kind)
+            media = None
+            if (
+                self.media is not None
+                and route.kind is RouteKind.TRUNK
+                and needs_anchor(MediaProfile.RTP, profile)
+            ):
+                # A browser agent and a customer behind a trunk: the agent's device is
+                # offered the anchor's WebRTC side (customer side "b" still a placeholder).
+                media = MediaKey(cid, name)
+                try:
+                    sdp = await self.media.offer(media, "b", sdp, profile)
+                except MediaError as exc:
+                    log.warning("call.media_refused", status=exc.status, reason=exc.reason)
+                    continue
             leg, request = self._prepare_uac_leg(
-                "a" if index == 0 else f"a{index}",
+                name,
                 binding.contact,
                 peer,
                 agent,
                 # What the agent's phone shows: the customer it is about to be put through to.
                 from_=f"<{customer}>",
                 to=f"<{agent_aor}>",
-                sdp=self._placeholder_sdp(),
+                sdp=sdp,
                 extra=headers,
             )
+            leg.profile = profile
+            leg.media = media
             legs.append((leg, request, binding))
+        if not legs:
+            raise OriginateFailed(503, "no media for the agent's devices")
         call = Call(cid, legs[0][0], caller=agent_aor, callee=customer, direction="outbound")
         call.origin = origin
         call.a_agent = agent
@@ -1503,7 +1576,10 @@ class CallManager:
             self._cancel_forks(call, leg, origin.agent_forks)
             if call.ring_timer is not None:
                 call.ring_timer.cancel()
-            self._call_customer(call, origin, leg)
+            if leg.media is not None and leg.last_sdp is not None:
+                self._spawn(self._call_customer_anchored(call, origin, leg, leg.media))
+            else:
+                self._call_customer(call, origin, leg, leg.last_sdp)
         elif origin.phase == "customer" and leg in origin.customer_forks:
             origin.phase = "connected"
             call.b = leg
@@ -1512,25 +1588,59 @@ class CallManager:
                 call.ring_timer.cancel()
             self._cancel_forks(call, leg, origin.customer_forks)
             self._record(call, CallAnswered(at=time.time(), leg_id=leg.name))
-            if leg.last_sdp is not None:
-                try:
-                    reinvite = call.a.session.create_request(
-                        "INVITE",
-                        body=leg.last_sdp,
-                        content_type="application/sdp",
-                        now=self.now(),
-                    )
-                    self._send_in_dialog(call, call.a, reinvite)
-                except LocalProtocolError as exc:
-                    log.warning("call.originate_reinvite_failed", why=str(exc))
+            if leg.last_sdp is not None and call.a.media is not None:
+                self._spawn(self._reinvite_agent_anchored(call, leg.last_sdp, call.a.media))
+            elif leg.last_sdp is not None:
+                self._reinvite_agent(call, leg.last_sdp, None)
             if origin.done is not None and not origin.done.done():
                 origin.done.set_result(call.id)
             log.info("call.connected")
         else:
             self._bye(call, leg)  # a late second answer
 
-    def _call_customer(self, call: Call, origin: Origination, agent_leg: Leg) -> None:
-        sdp = agent_leg.last_sdp
+    def _reinvite_agent(self, call: Call, sdp: bytes, media: MediaKey | None) -> None:
+        """RFC 3725: the agent's device gets the customer's media description."""
+        try:
+            reinvite = call.a.session.create_request(
+                "INVITE", body=sdp, content_type="application/sdp", now=self.now()
+            )
+            key = self._send_in_dialog(call, call.a, reinvite)
+        except LocalProtocolError as exc:
+            log.warning("call.originate_reinvite_failed", why=str(exc))
+            return
+        if media is not None:
+            self._media_answers[key] = media
+
+    async def _reinvite_agent_anchored(self, call: Call, sdp: bytes, key: MediaKey) -> None:
+        assert self.media is not None
+        with structlog.contextvars.bound_contextvars(call_id=call.id):
+            try:
+                offer = await self.media.offer(key, "b", sdp, MediaProfile.WEBRTC)
+            except MediaError as exc:
+                log.warning("call.media_failed", status=exc.status, reason=exc.reason)
+                self._hangup(call, EndReason.FAILED)
+                return
+            self._reinvite_agent(call, offer, key)
+
+    async def _call_customer_anchored(
+        self, call: Call, origin: Origination, agent_leg: Leg, key: MediaKey
+    ) -> None:
+        """The browser agent answered the anchor's offer: the anchor's RTP side is what
+        the customer is offered."""
+        assert self.media is not None and agent_leg.last_sdp is not None
+        with structlog.contextvars.bound_contextvars(call_id=call.id):
+            try:
+                rtp_side = await self.media.answer(key, "a", agent_leg.last_sdp, MediaProfile.RTP)
+            except MediaError as exc:
+                log.warning("call.media_failed", status=exc.status, reason=exc.reason)
+                self._orig_give_up(call, origin, exc.status, EndReason.FAILED)
+                return
+            self._call_customer(call, origin, agent_leg, rtp_side)
+
+    def _call_customer(
+        self, call: Call, origin: Origination, agent_leg: Leg, sdp: bytes | None
+    ) -> None:
+        del agent_leg
         if sdp is not None:
             with contextlib.suppress(RemoteProtocolError):
                 sdp = parse_sdp(sdp).with_direction("sendrecv").bump_version().to_bytes()

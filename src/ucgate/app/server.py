@@ -387,6 +387,7 @@ async def start_node(config: UcgateConfig) -> Node:
 
     def flow_lost(peer: Peer) -> None:
         if peer.kind in (TransportKind.WS, TransportKind.WSS) and peer.flow is not None:
+            calls.flow_closed(peer)
             task = asyncio.get_running_loop().create_task(
                 registrar.flow_closed(f"{node_id}/{peer.flow}", time.time())
             )
