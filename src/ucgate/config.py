@@ -667,8 +667,10 @@ class Trunk(_Credentials):
 
 class DidTargetKind(enum.StrEnum):
     AGENT = "agent"
-    # Queues come with the sessions issue; the syntax is accepted now.
     QUEUE = "queue"
+    # "pin:<queue>": ucgate answers and asks for the PIN of the caller's open session
+    # (sent as DTMF); the call then joins that session and rings its agent.
+    PIN = "pin"
 
 
 # "E.164-ish": an optional "+" and 1-15 digits (ITU-T E.164 §6 caps numbers at 15 digits);
@@ -685,7 +687,8 @@ class Did(BaseModel):
 
     number: str
     # "agent:<agent id>" rings every registered device of that agent;
-    # "queue:<queue id>" hands the call to a queue.
+    # "queue:<queue id>" hands the call to a queue;
+    # "pin:<queue id>" answers, collects a session PIN by DTMF, then joins that session.
     target: str
 
     @field_validator("number")
@@ -700,8 +703,8 @@ class Did(BaseModel):
     def _target(cls, value: str) -> str:
         kind, sep, ident = value.partition(":")
         if not sep or kind not in {k.value for k in DidTargetKind} or not ident:
-            raise ValueError("must be 'agent:<id>' or 'queue:<id>'")
-        if kind == DidTargetKind.QUEUE and not _TARGET_ID.match(ident):
+            raise ValueError("must be 'agent:<id>', 'queue:<id>' or 'pin:<queue id>'")
+        if kind in (DidTargetKind.QUEUE, DidTargetKind.PIN) and not _TARGET_ID.match(ident):
             raise ValueError("queue id must be 1-128 of A-Z a-z 0-9 . _ -")
         return value
 
@@ -876,6 +879,8 @@ class CallsConfig(BaseModel):
     session_expires: int = Field(default=1800, ge=90, le=86400)
     # RFC 4028 §5: the smallest Session-Expires we accept (422 below it); never below 90.
     min_se: int = Field(default=90, ge=90, le=86400)
+    # "pin:" DIDs: seconds a caller has to type a session PIN before being hung up.
+    pin_timeout: int = Field(default=30, ge=5, le=300)
 
     @model_validator(mode="after")
     def _se_not_below_min(self) -> CallsConfig:
@@ -1084,6 +1089,10 @@ class UcgateConfig(BaseModel):
                 raise FieldError(("dids", index, "number"), f"same number as dids[{first}]")
             if did.target_kind is DidTargetKind.AGENT and did.target_id not in agent_ids:
                 raise FieldError(("dids", index, "target"), f"no agent {did.target_id!r}")
+            if did.target_kind is DidTargetKind.PIN and did.target_id not in {
+                q.id for q in self.queues
+            }:
+                raise FieldError(("dids", index, "target"), f"no queue {did.target_id!r}")
         trunk_ids = {t.id for t in self.trunks}
         prefixes: dict[str, int] = {}
         for index, rule in enumerate(self.dial_rules):

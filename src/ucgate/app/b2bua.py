@@ -27,6 +27,7 @@ import structlog
 
 from ucgate.app.call_tracking import AgentOnCall, CallSnapshot, CallTracker
 from ucgate.app.sip_runtime import SipRuntime
+from ucgate.calls.pin import PinCollector, PinComplete, PinExhausted
 from ucgate.calls.records import (
     CallAnswered,
     CallEnded,
@@ -54,8 +55,10 @@ from ucgate.calls.routing import (
 from ucgate.config import UcgateConfig
 from ucgate.media.anchor import MediaAnchor, MediaError, MediaKey, MediaProfile, Side
 from ucgate.media.profile import needs_anchor, profile_of_sdp, profile_of_transport
+from ucgate.registrar.guests import guest_session_id
 from ucgate.sip.auth_gate import DigestGate
 from ucgate.sip.digest import build_authorization, pick_challenge
+from ucgate.sip.dtmf_info import dtmf_digit
 from ucgate.sip.errors import LocalProtocolError, RemoteProtocolError
 from ucgate.sip.fields import call_id, from_, parse_name_addr, to
 from ucgate.sip.invite_session import (
@@ -103,6 +106,8 @@ Session = InviteServerSession | InviteClientSession
 # Headers a B2BUA carries from the caller's INVITE to the callee's: click-to-call
 # session ids and IVR context (RFC 7433 User-to-User) must reach the agent.
 PASS_HEADERS = ("User-to-User", "X-UCGate-Session", "Alert-Info", "Subject")
+# The queue id a widget guest's call is queued with: "the queue of its own session".
+SESSION_QUEUE = ""
 
 
 @dataclass(eq=False)
@@ -180,6 +185,13 @@ class Call:
     origin: Origination | None = None
     # Set while a queue holds the call: the queue's id and the agent being rung.
     queued: str | None = None
+    # A "pin:" DID call: ucgate answered the caller itself and collects a session PIN.
+    pin: PinCollector | None = None
+    pin_queue: str | None = None
+    pin_timer: asyncio.TimerHandle | None = None
+    # The caller's INVITE was already answered (PIN entry): the agent's media reaches
+    # the caller by re-INVITE (RFC 3725 style) instead of in the 200.
+    answered_early: bool = False
     ringing_agent: str | None = None
     # What the manager's indexes hold for this call, so forgetting it is O(own keys).
     dialog_keys: set[tuple[str, str]] = field(default_factory=set)
@@ -382,6 +394,7 @@ class CallManager:
         claimed_user = claimed.user if isinstance(claimed, SipUri) else None
         trunks = self.config.trunks
         caller = classify_caller(ev.peer.host, None, trunks, self.agents, claimed_user=claimed_user)
+        guest = False
         if caller.kind is not CallerKind.TRUNK:
             # Not a trunk by address: the caller must prove who it is (RFC 3261 §22);
             # no unauthenticated call ever reaches a trunk (toll fraud).
@@ -390,12 +403,22 @@ class CallManager:
                 self.runtime.send_response(ev.key, who)
                 return
             caller = classify_caller(ev.peer.host, who.username, trunks, self.agents)
-        route = route_call(
-            caller,
-            uri.user,
-            dids=self.config.dids,
-            dial_rules=self.config.dial_rules,
-            agents=self.agents,
+            if guest_session_id(who.username) is not None:
+                # A widget customer's "call me" (the digest gate already held it to
+                # sip:session@ with its own X-UCGate-Session): it joins that session,
+                # whose router rings the agent already chatting with them.
+                caller = Caller(CallerKind.UNKNOWN, who.username)
+                guest = True
+        route = (
+            Route(RouteKind.QUEUE, id=SESSION_QUEUE)
+            if guest
+            else route_call(
+                caller,
+                uri.user,
+                dids=self.config.dids,
+                dial_rules=self.config.dial_rules,
+                agents=self.agents,
+            )
         )
         if route.kind is RouteKind.REFUSED or route.kind is RouteKind.CHALLENGE:
             status = route.status or 403
@@ -403,12 +426,12 @@ class CallManager:
                 ev.key, make_response(req, status, route.reason or None, to_tag=self._to_tag())
             )
             return
-        if route.kind is RouteKind.QUEUE and self.queue_router is None:
+        if route.kind in (RouteKind.QUEUE, RouteKind.PIN) and self.queue_router is None:
             self.runtime.send_response(
                 ev.key, make_response(req, 480, "No queue routing", to_tag=self._to_tag())
             )
             return
-        if route.kind not in (RouteKind.AGENT, RouteKind.TRUNK, RouteKind.QUEUE):
+        if route.kind not in (RouteKind.AGENT, RouteKind.TRUNK, RouteKind.QUEUE, RouteKind.PIN):
             self.runtime.send_response(ev.key, make_response(req, 404, to_tag=self._to_tag()))
             return
         assert route.id is not None
@@ -452,6 +475,9 @@ class CallManager:
             )
             if route.kind is RouteKind.QUEUE:
                 await self._queue_call(call, route.id, req)
+                return
+            if route.kind is RouteKind.PIN:
+                self._answer_for_pin(call, route.id)
                 return
             bindings = await self.locations.lookup(callee_aor, time.time())
             log.info("call.offered", caller=call.caller, callee=callee_aor, forks=len(bindings))
@@ -668,7 +694,10 @@ class CallManager:
             self._relay(call, leg, event.request)
             self._track_hold(call, leg, event.request.body)
         elif isinstance(event, InfoReceived):
-            self._relay(call, leg, event.request)
+            if call.pin is not None and leg is call.a:
+                self._pin_key(call, event.request)
+            else:
+                self._relay(call, leg, event.request)
         elif isinstance(event, OptionsReceived | NotifyReceived):
             self._respond(leg, event.request, 200)
         elif isinstance(event, ReferReceived):
@@ -853,6 +882,12 @@ class CallManager:
         self._accept_caller(call, leg, sdp)
 
     def _accept_caller(self, call: Call, leg: Leg, sdp: bytes | None) -> None:
+        if call.answered_early:
+            # The caller was answered for its PIN: it is offered the agent's media.
+            if sdp is not None:
+                self._reinvite_leg(call, call.a, sdp, None)
+            log.info("call.answered", leg=leg.name, anchored=leg.media is not None, pin=True)
+            return
         a = call.a.session
         assert isinstance(a, InviteServerSession)
         try:
@@ -1448,6 +1483,109 @@ class CallManager:
         call.ringing_agent = None  # the failures that follow are not a decline
         self._cancel_forks(call, keep=None)
 
+    # -- session PIN by DTMF ("pin:<queue>" DIDs) ---------------------------------------
+    def _answer_for_pin(self, call: Call, queue: str) -> None:
+        """Answer the caller ourselves so it can send DTMF (RFC 6086 INFO needs a
+        dialog); our SDP is an inactive answer (RFC 3264 §6.1) until an agent's media
+        replaces it by re-INVITE."""
+        a = call.a.session
+        assert isinstance(a, InviteServerSession)
+        sdp = self._inactive_answer(a.invite.body) if a.invite.body else None
+        try:
+            resp = a.accept(sdp, now=self.now())
+        except (LocalProtocolError, RemoteProtocolError):
+            self._reject(call, 488, None, EndReason.FAILED)
+            return
+        call.answered_early = True
+        call.pin = PinCollector()
+        call.pin_queue = queue
+        assert call.a.invite_key is not None
+        self.runtime.send_response(call.a.invite_key, resp)
+        self._drain(call, call.a)
+        call.pin_timer = self._loop.call_later(
+            self.config.calls.pin_timeout, self._pin_timeout, call
+        )
+        log.info("call.pin_requested", queue=queue)
+
+    def _inactive_answer(self, offer: bytes) -> bytes:
+        """An answer accepting the offer's streams with their first codec, inactive."""
+        parsed = parse_sdp(offer)
+        host = self.contact_uri.split("@", 1)[1].rsplit(":", 1)[0]
+        lines = [
+            "v=0",
+            f"o=ucgate {secrets.randbelow(10**9)} 1 IN IP4 {host}",
+            "s=ucgate",
+            "c=IN IP4 0.0.0.0",
+            "t=0 0",
+        ]
+        for media in parsed.media:
+            fmt = media.formats[0] if media.formats else "0"
+            lines.append(f"m={media.kind} {9 if media.port else 0} {media.proto} {fmt}")
+            lines += [
+                f"a=rtpmap:{v}" for v in media.attribute_values("rtpmap") if v.split()[0] == fmt
+            ]
+            lines.append("a=inactive")
+        return ("\r\n".join(lines) + "\r\n").encode()
+
+    def _pin_key(self, call: Call, info: Request) -> None:
+        digit = dtmf_digit(info.headers.get("Content-Type"), info.body)
+        # RFC 6086 §4.2.2: an INFO whose package we do not handle is still answered;
+        # 415 tells the sender its body type is not understood.
+        self._respond(call.a, info, 200 if digit is not None else 415)
+        if digit is None or call.pin is None:
+            return
+        outcome = call.pin.press(digit)
+        if isinstance(outcome, PinComplete):
+            self._spawn(self._pin_lookup(call, outcome.digits))
+
+    async def _pin_lookup(self, call: Call, digits: str) -> None:
+        assert self.queue_router is not None and call.pin_queue is not None
+        with structlog.contextvars.bound_contextvars(call_id=call.id):
+            session_id = await self.queue_router.session_for_pin(digits)
+            if call.ended or call.pin is None:
+                return
+            if session_id is None:
+                log.info("call.pin_wrong", tries=call.pin.tries + 1)
+                if isinstance(call.pin.rejected(), PinExhausted):
+                    self._pin_give_up(call, "pin-exhausted")
+                return
+            log.info("call.pin_matched", session=session_id)
+            call.pin = None
+            if call.pin_timer is not None:
+                call.pin_timer.cancel()
+            call.queued = call.pin_queue
+            claimed = (
+                from_(call.a.session.invite).uri
+                if isinstance(call.a.session, InviteServerSession)
+                else None
+            )
+            caller = claimed.user if isinstance(claimed, SipUri) else None
+            await self.queue_router.call_queued(
+                call.id, call.pin_queue, caller, {"X-UCGate-Session": session_id}
+            )
+
+    def _pin_timeout(self, call: Call) -> None:
+        call.pin_timer = None
+        if call.pin is not None and not call.ended:
+            self._pin_give_up(call, "pin-timeout")
+
+    def _pin_give_up(self, call: Call, why: str) -> None:
+        with structlog.contextvars.bound_contextvars(call_id=call.id):
+            log.info("call.pin_failed", why=why)
+            call.pin = None
+            self._hangup(call, EndReason.FAILED)
+            self._forget_if_done(call)
+
+    def refuse_queued(self, call_id: str, status: int) -> None:
+        """The queue router will not take this call (a guest's session is closed)."""
+        call = self.calls.get(call_id)
+        if call is None or call.ended or call.b is not None:
+            return
+        with structlog.contextvars.bound_contextvars(call_id=call_id):
+            self._reject(call, status, None, end_reason_for(status))
+            self._end(call, end_reason_for(status))
+            self._forget_if_done(call)
+
     def _queued_fork_failed(self, call: Call, leg: Leg, status: int) -> None:
         if leg in call.forks:
             call.forks.remove(leg)
@@ -1600,11 +1738,14 @@ class CallManager:
 
     def _reinvite_agent(self, call: Call, sdp: bytes, media: MediaKey | None) -> None:
         """RFC 3725: the agent's device gets the customer's media description."""
+        self._reinvite_leg(call, call.a, sdp, media)
+
+    def _reinvite_leg(self, call: Call, leg: Leg, sdp: bytes, media: MediaKey | None) -> None:
         try:
-            reinvite = call.a.session.create_request(
+            reinvite = leg.session.create_request(
                 "INVITE", body=sdp, content_type="application/sdp", now=self.now()
             )
-            key = self._send_in_dialog(call, call.a, reinvite)
+            key = self._send_in_dialog(call, leg, reinvite)
         except LocalProtocolError as exc:
             log.warning("call.originate_reinvite_failed", why=str(exc))
             return
@@ -1765,6 +1906,10 @@ class QueueRouter(Protocol):
     ) -> None: ...
 
     async def agent_declined(self, call_id: str, agent: str, status: int) -> None: ...
+
+    async def session_for_pin(self, pin: str) -> str | None:
+        """The open session whose PIN this is, if any."""
+        ...
 
 
 class OriginateFailed(Exception):

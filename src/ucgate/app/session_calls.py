@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from ucgate.app.b2bua import CallManager, OriginateFailed
+from ucgate.app.b2bua import SESSION_QUEUE, CallManager, OriginateFailed
 from ucgate.app.call_tracking import CallSnapshot, CallTracker
 from ucgate.calls.records import (
     CallAnswered,
@@ -83,9 +83,15 @@ class SessionCallGlue:
             )
             if session is not None:
                 session = await self.sessions.add_channel(
-                    session.id, Media.VOICE, queue=queue, external_ref=call_id
+                    session.id, Media.VOICE, queue=queue or None, external_ref=call_id
                 )
                 log.info("session.call_joined", session=session.id, agent=session.agent)
+            elif queue == SESSION_QUEUE:
+                # A widget guest whose session is closed: nothing to join (RFC 3261
+                # §21.4.5: 404, the "session" it names does not exist any more).
+                log.info("session.guest_call_refused")
+                self.calls.refuse_queued(call_id, 404)
+                return
             else:
                 context: dict[str, object] = {}
                 if "User-to-User" in headers:  # RFC 7433: what an IVR collected
@@ -107,6 +113,14 @@ class SessionCallGlue:
         if channel.agent is not None and channel.state.value == "offered":
             # Routed synchronously (an agent was free): ring now.
             await self._ring(call_id, session.id, channel.id, channel.agent)
+
+    async def session_for_pin(self, pin: str) -> str | None:
+        """A caller typed ``pin`` at a "pin:" DID: the open session it names."""
+        try:
+            session = await self.sessions.find_for_call(pin=pin)
+        except StoreUnavailable:
+            return None
+        return None if session is None else session.id
 
     async def _offer_event(self, event: SessionEvent) -> None:
         cid = event.channel_id

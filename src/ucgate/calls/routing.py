@@ -102,6 +102,8 @@ class Caller:
 class RouteKind(enum.StrEnum):
     AGENT = "agent"
     QUEUE = "queue"
+    # Answered by ucgate for a session PIN, then queued to that session (id: the queue).
+    PIN = "pin"
     TRUNK = "trunk"
     # Send a digest challenge (RFC 3261 §22.3: 401 from a UAS, which the B2BUA's a-leg is).
     CHALLENGE = "challenge"
@@ -152,6 +154,8 @@ def route_inbound(request_uri_user: str, *, dids: Sequence[Did], agents: Collect
         return Route.refused(404, "no such DID")
     if did.target_kind is DidTargetKind.QUEUE:
         return Route(RouteKind.QUEUE, did.target_id, reason=f"did {did.number}")
+    if did.target_kind is DidTargetKind.PIN:
+        return Route(RouteKind.PIN, did.target_id, reason=f"did {did.number}")
     if did.target_id not in agents:
         return Route.refused(404, "DID target is not an agent")
     return Route(RouteKind.AGENT, did.target_id, reason=f"did {did.number}")

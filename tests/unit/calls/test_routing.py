@@ -269,3 +269,14 @@ def test_nothing_but_an_authenticated_agent_ever_reaches_a_trunk(dialled: str) -
 def test_no_answer_status() -> None:
     assert no_answer_status(any_device_rang=True) == 480
     assert no_answer_status(any_device_rang=False) == 408
+
+
+def test_pin_did_routes_to_its_queue_and_needs_the_queue_to_exist() -> None:
+    queues = [{"id": "support", "media": ["voice", "chat"]}]
+    dids = [{"number": "+15550300", "target": "pin:support"}]
+    cfg = config(queues=queues, dids=dids)
+    result = route_inbound("+15550300", dids=cfg.dids, agents=AGENTS)
+    assert (result.kind, result.id) == (RouteKind.PIN, "support")
+    with pytest.raises(ConfigError) as caught:
+        config(dids=[{"number": "+15550300", "target": "pin:nowhere"}])
+    assert "dids[0].target" in str(caught.value) and "no queue" in str(caught.value)
