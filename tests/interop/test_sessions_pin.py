@@ -1,5 +1,6 @@
-"""Sticky voice by PIN: a customer calls back, types the PIN shown in their chat (DTMF as
-SIP INFO), and reaches the agent already handling their session, with real audio."""
+"""Sticky voice by PIN: a customer calls back, types the PIN shown in their chat (DTMF in
+the RTP stream, RFC 4733, or as SIP INFO), and reaches the agent already handling their
+session, with real audio."""
 
 from __future__ import annotations
 
@@ -121,7 +122,7 @@ def test_caller_with_the_session_pin_reaches_the_agent_of_the_chat(
     call_c = customer.make_call(f"sip:+15550199@{DOMAIN}")
     assert customer.wait_call_state(call_c, "confirmed")["code"] == 200  # ucgate answers
     node.wait_log(lambda e: e.get("event") == "call.pin_requested", 10)
-    customer.dial_dtmf(call_c, pin, method="info")
+    customer.dial_dtmf(call_c, pin)  # RFC 4733 events to ucgate's DTMF port
     call_a = int(alice.wait_incoming(timeout=10)["call"])  # the chat's agent, not bob
     alice.wait_call_state(call_a, "confirmed")
     alice.wait_tone(call_a, TONE_CUSTOMER, timeout=10)

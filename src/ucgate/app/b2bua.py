@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import secrets
 import time
@@ -54,7 +55,9 @@ from ucgate.calls.routing import (
 )
 from ucgate.config import UcgateConfig
 from ucgate.media.anchor import MediaAnchor, MediaError, MediaKey, MediaProfile, Side
+from ucgate.media.dtmf_sink import DtmfSink
 from ucgate.media.profile import needs_anchor, profile_of_sdp, profile_of_transport
+from ucgate.media.rfc4733 import telephone_event_types
 from ucgate.registrar.guests import guest_session_id
 from ucgate.sip.auth_gate import DigestGate
 from ucgate.sip.digest import build_authorization, pick_challenge
@@ -189,6 +192,7 @@ class Call:
     pin: PinCollector | None = None
     pin_queue: str | None = None
     pin_timer: asyncio.TimerHandle | None = None
+    pin_sink: DtmfSink | None = None
     # The caller's INVITE was already answered (PIN entry): the agent's media reaches
     # the caller by re-INVITE (RFC 3725 style) instead of in the 200.
     answered_early: bool = False
@@ -477,7 +481,7 @@ class CallManager:
                 await self._queue_call(call, route.id, req)
                 return
             if route.kind is RouteKind.PIN:
-                self._answer_for_pin(call, route.id)
+                await self._answer_for_pin(call, route.id)
                 return
             bindings = await self.locations.lookup(callee_aor, time.time())
             log.info("call.offered", caller=call.caller, callee=callee_aor, forks=len(bindings))
@@ -1071,6 +1075,9 @@ class CallManager:
         if not call.ended or any(not leg.session.terminated for leg in call.legs()):
             return
         self.calls.pop(call.id, None)
+        self._close_pin_sink(call)
+        if call.pin_timer is not None:
+            call.pin_timer.cancel()
         for leg in call.legs():
             if leg.timer is not None:
                 leg.timer.cancel()
@@ -1484,13 +1491,19 @@ class CallManager:
         self._cancel_forks(call, keep=None)
 
     # -- session PIN by DTMF ("pin:<queue>" DIDs) ---------------------------------------
-    def _answer_for_pin(self, call: Call, queue: str) -> None:
-        """Answer the caller ourselves so it can send DTMF (RFC 6086 INFO needs a
-        dialog); our SDP is an inactive answer (RFC 3264 §6.1) until an agent's media
-        replaces it by re-INVITE."""
+    async def _answer_for_pin(self, call: Call, queue: str) -> None:
+        """Answer the caller ourselves so it can send DTMF: RFC 4733 events in RTP to a
+        port of ours when it offers telephone-event (our answer is recvonly, RFC 3264
+        §6.1), and SIP INFO (RFC 6086, needs the dialog) either way. An agent's media
+        replaces our answer by re-INVITE once the PIN matched."""
         a = call.a.session
         assert isinstance(a, InviteServerSession)
-        sdp = self._inactive_answer(a.invite.body) if a.invite.body else None
+        sdp = None
+        if a.invite.body:
+            sdp = await self._pin_answer_sdp(call, a.invite.body)
+        if call.ended or a.terminated:
+            self._close_pin_sink(call)
+            return
         try:
             resp = a.accept(sdp, now=self.now())
         except (LocalProtocolError, RemoteProtocolError):
@@ -1507,32 +1520,60 @@ class CallManager:
         )
         log.info("call.pin_requested", queue=queue)
 
-    def _inactive_answer(self, offer: bytes) -> bytes:
-        """An answer accepting the offer's streams with their first codec, inactive."""
+    async def _pin_answer_sdp(self, call: Call, offer: bytes) -> bytes:
+        """Our answer for PIN entry: the first RTP audio stream that offers
+        telephone-event comes to a DTMF sink of ours (recvonly); every other stream is
+        accepted inactive with its first codec, so the caller sends it nothing."""
         parsed = parse_sdp(offer)
         host = self.contact_uri.split("@", 1)[1].rsplit(":", 1)[0]
         lines = [
             "v=0",
             f"o=ucgate {secrets.randbelow(10**9)} 1 IN IP4 {host}",
             "s=ucgate",
-            "c=IN IP4 0.0.0.0",
+            f"c=IN IP4 {host}",
             "t=0 0",
         ]
         for media in parsed.media:
             fmt = media.formats[0] if media.formats else "0"
+            rtpmaps = media.attribute_values("rtpmap")
+            events = telephone_event_types(rtpmaps)
+            if (
+                call.pin_sink is None
+                and media.kind == "audio"
+                and media.proto.upper() == "RTP/AVP"
+                and events
+                and media.port
+            ):
+                te = next(iter(events))
+                fmt = next((f for f in media.formats if f.isdigit() and int(f) not in events), fmt)
+                call.pin_sink = await DtmfSink.open(
+                    host, frozenset(events), functools.partial(self._pin_press, call)
+                )
+                lines.append(f"m=audio {call.pin_sink.port} RTP/AVP {fmt} {te}")
+                lines += [f"a=rtpmap:{v}" for v in rtpmaps if v.split()[0] == fmt]
+                lines += [f"a=rtpmap:{events[te]}", f"a=fmtp:{te} 0-15", "a=recvonly"]
+                continue
             lines.append(f"m={media.kind} {9 if media.port else 0} {media.proto} {fmt}")
-            lines += [
-                f"a=rtpmap:{v}" for v in media.attribute_values("rtpmap") if v.split()[0] == fmt
-            ]
-            lines.append("a=inactive")
+            lines += [f"a=rtpmap:{v}" for v in rtpmaps if v.split()[0] == fmt]
+            lines += ["c=IN IP4 0.0.0.0", "a=inactive"]
         return ("\r\n".join(lines) + "\r\n").encode()
+
+    @staticmethod
+    def _close_pin_sink(call: Call) -> None:
+        if call.pin_sink is not None:
+            call.pin_sink.close()
+            call.pin_sink = None
 
     def _pin_key(self, call: Call, info: Request) -> None:
         digit = dtmf_digit(info.headers.get("Content-Type"), info.body)
         # RFC 6086 §4.2.2: an INFO whose package we do not handle is still answered;
         # 415 tells the sender its body type is not understood.
         self._respond(call.a, info, 200 if digit is not None else 415)
-        if digit is None or call.pin is None:
+        if digit is not None:
+            self._pin_press(call, digit)
+
+    def _pin_press(self, call: Call, digit: str) -> None:
+        if call.pin is None or call.ended:
             return
         outcome = call.pin.press(digit)
         if isinstance(outcome, PinComplete):
@@ -1551,6 +1592,7 @@ class CallManager:
                 return
             log.info("call.pin_matched", session=session_id)
             call.pin = None
+            self._close_pin_sink(call)
             if call.pin_timer is not None:
                 call.pin_timer.cancel()
             call.queued = call.pin_queue
@@ -1573,6 +1615,7 @@ class CallManager:
         with structlog.contextvars.bound_contextvars(call_id=call.id):
             log.info("call.pin_failed", why=why)
             call.pin = None
+            self._close_pin_sink(call)
             self._hangup(call, EndReason.FAILED)
             self._forget_if_done(call)
 
