@@ -28,8 +28,9 @@ pytestmark = pytest.mark.interop
 
 DOMAIN = "example.test"
 ALICE = Account("alice", "alice-Pa55word")
+BOB = Account("bob", "bob-Pa55word")
 PBX = Account("pbx1", "pbx1-Pa55word")
-TONE_TRUNK, TONE_BROWSER = DEFAULT_TONES[0], DEFAULT_TONES[2]
+TONE_TRUNK, TONE_BROWSER, TONE_BOB = DEFAULT_TONES[0], DEFAULT_TONES[2], DEFAULT_TONES[3]
 
 
 @pytest.fixture
@@ -44,6 +45,9 @@ def node(tmp_path: Path, rtpengine: Rtpengine) -> Iterator[UcgateProcess]:
 [[dids]]
 number = "+15550100"
 target = "agent:alice"
+[[dids]]
+number = "+15550102"
+target = "agent:bob"
 [[dial_rules]]
 prefix = "+1"
 trunk = "pbx1"
@@ -57,7 +61,7 @@ backend = "rtpengine"
 rtpengine = "127.0.0.1:{rtpengine.ng_port}"
 """
     n = UcgateProcess(
-        tmp_path / "n", agents=[ALICE], trunks=[PBX], tail=tail, ws_port=free_port()
+        tmp_path / "n", agents=[ALICE, BOB], trunks=[PBX], tail=tail, ws_port=free_port()
     ).start()
     try:
         yield n
@@ -91,7 +95,7 @@ async def browser(node: UcgateProcess) -> WebRtcPhone:
         ALICE.password,
         domain=DOMAIN,
         tone=TONE_BROWSER,
-        listen=[TONE_TRUNK, TONE_BROWSER],
+        listen=[TONE_TRUNK, TONE_BROWSER, TONE_BOB],
     )
     await phone.connect()
     resp = await phone.register()
@@ -267,6 +271,83 @@ def test_browser_agent_elevates_chat_to_a_call_with_the_customer(
             await alice.wait_tone(TONE_TRUNK)
             await asyncio.to_thread(trunk.wait_tone, call_t, TONE_BROWSER, 10)
             assert not alice.errors, alice.errors
+            trunk.hangup(call_t)
+            await alice.next_request("BYE")
+            await wait_until(lambda: not rtpengine.active_calls())
+        finally:
+            await alice.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.fixture
+def bob(node: UcgateProcess) -> Iterator[Softphone]:
+    phone = Softphone(tone=TONE_BOB).start()
+    try:
+        account = phone.register(
+            server=f"127.0.0.1:{node.sip_port}",
+            user=BOB.id,
+            password=BOB.password,
+            domain=DOMAIN,
+            proxy=True,
+            auto_answer=200,
+            answer_delay_ms=100,
+        )
+        assert phone.wait_reg_state(account=account, timeout=10)["code"] == 200
+        yield phone
+    finally:
+        phone.stop()
+
+
+def test_browser_agent_transfers_a_trunk_call_to_a_desk_phone(
+    node: UcgateProcess, trunk: Softphone, bob: Softphone, rtpengine: Rtpengine
+) -> None:
+    """Anchored before, pass-through after: the trunk and bob's desk phone both speak RTP."""
+
+    async def scenario() -> None:
+        alice = await browser(node)
+        try:
+            call_t = trunk.make_call(f"sip:+15550100@{DOMAIN}")
+            await alice.answer(await alice.next_request("INVITE"))
+            await alice.wait_tone(TONE_TRUNK)
+            resp = await alice.refer(f"sip:bob@{DOMAIN}")
+            assert resp.status == 202, resp
+            call_b = int((await asyncio.to_thread(bob.wait_incoming))["call"])
+            await alice.next_request("BYE")  # the transferor leaves
+            trunk.reset_audio(call_t)
+            await asyncio.to_thread(trunk.wait_tone, call_t, TONE_BOB, 10)
+            await asyncio.to_thread(bob.wait_tone, call_b, TONE_TRUNK, 10)
+            await wait_until(lambda: not rtpengine.active_calls())  # no anchor needed now
+            trunk.hangup(call_t)
+            await asyncio.to_thread(bob.wait_call_state, call_b, "disconnected")
+        finally:
+            await alice.close()
+
+    asyncio.run(scenario())
+
+
+def test_desk_phone_transfers_a_trunk_call_to_a_browser_agent(
+    node: UcgateProcess, trunk: Softphone, bob: Softphone, rtpengine: Rtpengine
+) -> None:
+    """Pass-through before, anchored after: the transfer target's fork gets its own
+    anchored session and the trunk is re-INVITEd toward the anchor."""
+
+    async def scenario() -> None:
+        alice = await browser(node)
+        try:
+            call_t = trunk.make_call(f"sip:+15550102@{DOMAIN}")
+            call_b = int((await asyncio.to_thread(bob.wait_incoming))["call"])
+            await asyncio.to_thread(trunk.wait_tone, call_t, TONE_BOB, 10)
+            assert not rtpengine.active_calls()
+            bob.transfer(call_b, f"sip:alice@{DOMAIN}")
+            invite = await alice.next_request("INVITE")
+            assert parse_sdp(invite.body).media[0].proto == "UDP/TLS/RTP/SAVPF"
+            await alice.answer(invite)
+            await asyncio.to_thread(bob.wait_call_state, call_b, "disconnected")
+            trunk.reset_audio(call_t)
+            await alice.wait_tone(TONE_TRUNK)
+            await asyncio.to_thread(trunk.wait_tone, call_t, TONE_BROWSER, 10)
+            assert len(rtpengine.active_calls()) == 1
             trunk.hangup(call_t)
             await alice.next_request("BYE")
             await wait_until(lambda: not rtpengine.active_calls())

@@ -114,6 +114,7 @@ class WebRtcPhone:
         self.cseq = 0
         self.last_branch = ""
         self.last_reoffer = b""
+        self.incoming: Request | None = None
         self.errors: list[Exception] = []
 
     # -- transport ---------------------------------------------------------------------
@@ -132,7 +133,7 @@ class WebRtcPhone:
                 if parsed.method == "BYE":
                     await self.send(self._response(parsed, 200))
                     await self._stop_media()
-                elif parsed.method in ("INFO", "UPDATE") or (
+                elif parsed.method in ("INFO", "UPDATE", "NOTIFY") or (
                     parsed.method == "INVITE" and "tag=" in (parsed.headers.get("To") or "")
                 ):
                     try:
@@ -310,6 +311,7 @@ class WebRtcPhone:
     async def answer(self, invite: Request) -> None:
         """Answer an incoming INVITE (180, then 200 with our WebRTC answer), wait for ACK."""
         self.dialog = {"call_id": invite.headers.get("Call-ID") or ""}
+        self.incoming = invite
         await self.send(self._response(invite, 180))
         pc = self._new_pc()
         await pc.setRemoteDescription(RTCSessionDescription(invite.body.decode(), "offer"))
@@ -363,6 +365,23 @@ class WebRtcPhone:
         # branch); the ACK of a 2xx is a transaction of its own (§13.2.2.4).
         branch = self.last_branch if resp.status >= 300 else None
         return self._request("ACK", target, lines, cseq=cseq, branch=branch)
+
+    async def refer(self, target: str) -> Response:
+        """Blind transfer (RFC 3515) of the call we answered: REFER in its dialog."""
+        invite = self.incoming
+        assert invite is not None
+        to = (invite.headers.get("To") or "") + f";tag={self.dialog['local_tag']}"
+        contact = invite.headers.get("Contact") or ""
+        remote = contact.strip().lstrip("<").split(">", 1)[0]
+        headers = [
+            f"From: {to}",
+            f"To: {invite.headers.get('From')}",
+            f"Call-ID: {self.dialog['call_id']}",
+            f"Contact: <sip:{self.user}@{self.host};transport=ws>",
+            f"Refer-To: <{target}>",
+        ]
+        await self.send(self._request("REFER", remote, headers))
+        return await self.next_response()
 
     async def hangup(self) -> Response:
         d = self.dialog

@@ -132,6 +132,8 @@ class Leg:
     profile: MediaProfile | None = None
     # Set on a leg whose media is anchored (its SDP rewritten by the media backend).
     media: MediaKey | None = None
+    # This leg's side in the anchored session, when not given by its place in the call.
+    media_side: Side | None = None
 
 
 @dataclass(eq=False)
@@ -778,6 +780,9 @@ class CallManager:
 
     @staticmethod
     def _side(call: Call, leg: Leg) -> Side:
+        # A transfer target joins the anchored session as "b" whichever place it takes.
+        if leg.media_side is not None:
+            return leg.media_side
         return "a" if leg is call.a else "b"
 
     def _answer_relay(self, call: Call, relay: Relay, event: RequestAnswered) -> None:
@@ -1204,12 +1209,6 @@ class CallManager:
         if other is None or refer_to is None or call.transfer is not None or call.ended:
             self._respond(leg, refer, 400 if refer_to is None else 491)
             return
-        if self._anchored(call):
-            # Moving an anchored party to a new target needs a new anchored session
-            # toward that target's profile; not built yet (say so rather than connect
-            # two parties whose media cannot meet).
-            self._respond(leg, refer, 501)
-            return
         try:
             target_uri = parse_name_addr(refer_to).uri
         except RemoteProtocolError:
@@ -1220,6 +1219,11 @@ class CallManager:
             return
         replaces = target_uri.header("Replaces")
         if replaces is not None:
+            if self._anchored(call):
+                # Splicing two calls whose parties may each need an anchor toward the
+                # other is not built; say so rather than join media that cannot meet.
+                self._respond(leg, refer, 501)
+                return
             self._attended_transfer(call, leg, refer, replaces)
             return
         # The transferor is an agent: route as if it dialled the target (dial rules,
@@ -1265,19 +1269,33 @@ class CallManager:
                 contact = parse_uri(binding.contact)
                 if isinstance(contact, SipUri):
                     target = str(contact.replace(user=target_uri.user))
-            self._new_uac_leg(
+            profile = profile_of_transport(peer.kind)
+            fork_sdp, media = sdp, None
+            if sdp is not None and self.media is not None and needs_anchor(other.profile, profile):
+                # The remaining party and the target speak different media: a new
+                # anchored session between them (remaining "a", target "b").
+                media = MediaKey(call.id, f"b{call.leg_count}")
+                try:
+                    fork_sdp = await self.media.offer(media, "a", sdp, profile)
+                except MediaError as exc:
+                    log.warning("call.media_refused", status=exc.status, reason=exc.reason)
+                    continue
+            fork = self._new_uac_leg(
                 call,
                 target,
                 peer,
                 transfer.target_agent,
                 from_=f"<{call.caller}>" if other is call.a else f"<{call.callee}>",
                 to=f"<{transfer.target}>",
-                sdp=sdp,
+                sdp=fork_sdp,
                 extra=[("Referred-By", f"<sip:{leg.agent}@{self.domain}>")],
                 forks=transfer.forks,
                 contact=binding.contact,
                 trunk=route.id if route.kind is RouteKind.TRUNK else None,
+                profile=profile,
+                media=media,
             )
+            fork.media_side = "b" if media is not None else None
         if not transfer.forks:
             call.transfer = None
             self._notify_refer(call, transfer, "SIP/2.0 480 Temporarily Unavailable", final=True)
@@ -1423,18 +1441,36 @@ class CallManager:
         now_wall = time.time()
         call.transfer = None
         self._take_place(call, transferor, leg, TransferMode.BLIND, transfer.target, now_wall)
-        # Point the remaining party's media at the target (RFC 3264 offer in re-INVITE).
-        if leg.last_sdp is not None:
-            try:
-                reinvite = remaining.session.create_request(
-                    "INVITE", body=leg.last_sdp, content_type="application/sdp", now=self.now()
-                )
-                self._send_in_dialog(call, remaining, reinvite)
-            except LocalProtocolError as exc:
-                log.warning("call.transfer_reinvite_failed", why=str(exc))
+        # The session that anchored the transferor's media is over; the target's fork
+        # brought its own if the remaining party needs one toward it.
+        for old in (transferor, remaining):
+            self._release_media(old.media)
+            old.media, old.media_side = None, None
+        if leg.media is not None:
+            remaining.media_side = "a"
+        if leg.last_sdp is not None and leg.media is not None:
+            self._spawn(self._transfer_reinvite_anchored(call, remaining, leg, leg.media))
+        elif leg.last_sdp is not None:
+            # Point the remaining party's media at the target (RFC 3264 offer).
+            self._reinvite_leg(call, remaining, leg.last_sdp, None)
         self._notify_refer(call, transfer, "SIP/2.0 200 OK", final=True)
         self._bye(call, transferor)
-        log.info("call.transferred", target=transfer.target)
+        log.info("call.transferred", target=transfer.target, anchored=leg.media is not None)
+
+    async def _transfer_reinvite_anchored(
+        self, call: Call, remaining: Leg, target: Leg, key: MediaKey
+    ) -> None:
+        assert self.media is not None and target.last_sdp is not None
+        with structlog.contextvars.bound_contextvars(call_id=call.id):
+            try:
+                sdp = await self.media.answer(
+                    key, "b", target.last_sdp, remaining.profile or MediaProfile.RTP
+                )
+            except MediaError as exc:
+                log.warning("call.media_failed", status=exc.status, reason=exc.reason)
+                self._hangup(call, EndReason.FAILED)
+                return
+            self._reinvite_leg(call, remaining, sdp, None)
 
     def _transfer_fork_failed(self, call: Call, transfer: Transfer, leg: Leg, status: int) -> None:
         transfer.forks.remove(leg)
