@@ -4,6 +4,7 @@
 #   make test           system packages, lint, type check, whole test suite (what CI runs)
 #   make test-unit      fast tests only          make test-interop   real peers only
 #   make lint | typecheck | bench-register | clean | distclean
+#   make web-vendor     re-vendor JsSIP for the pages (needs node + npm; output is committed)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -22,13 +23,13 @@ CONFIG ?= config/ucgate.toml
 
 # Debian package that provides each command the tests drive.
 SYSTEM_COMMANDS := redis-server:redis-server sipp:sip-tester kamailio:kamailio \
-                   rtpengine:rtpengine-daemon
+                   rtpengine:rtpengine-daemon chromium:chromium
 # Packages without a command of their own (checked with dpkg): Kamailio's presence modules
 # for the reference presence server of the rig's tests and bench/presence.
 SYSTEM_PACKAGES := kamailio-presence-modules
 
 .PHONY: help venv run deps-system test lint typecheck test-unit test-interop \
-        bench-register clean distclean
+        bench-register clean distclean web-vendor
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -109,6 +110,20 @@ test-interop: venv deps-system
 
 bench-register: venv deps-system
 	bash bench/register/run.sh
+
+# The pages load JsSIP as one classic script. npm ci installs the versions pinned in
+# web/package-lock.json, esbuild bundles JsSIP's CommonJS build into an IIFE (global JsSIP),
+# and the result is committed with its licenses, so `make run` and `make test` need no node.
+WEB_VENDOR := src/ucgate/web/static/vendor
+web-vendor:
+	cd web && npm ci --ignore-scripts --no-audit --no-fund && npm run --silent vendor
+	mkdir -p $(WEB_VENDOR)
+	cp web/build/jssip.min.js $(WEB_VENDOR)/jssip.min.js
+	{ for pkg in jssip debug ms sdp-transform events; do \
+	    dir=web/node_modules/$$pkg; \
+	    echo "== $$pkg $$(node -p "require('./$$dir/package.json').version") =="; \
+	    cat $$dir/LICENSE* 2>/dev/null || cat $$dir/license* ; echo; \
+	  done; } > $(WEB_VENDOR)/jssip.LICENSES.txt
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist test-artifacts

@@ -42,6 +42,7 @@ from pydantic import (
 
 from ucgate import __version__
 from ucgate.sip.peer import TransportKind
+from ucgate.web.config import WebConfig
 
 __all__ = [
     "ENV_PREFIX",
@@ -443,10 +444,14 @@ class AuthConfig(BaseModel):
     secret: SecretStr = Field(default_factory=_random_secret)
     # Offered in this order of preference, one challenge each (RFC 7616 §3.7, RFC 8760 §2.4).
     # The -sess variants are accepted but phones rarely implement them.
-    # MD5 on top by default: sipp 3.6, JsSIP and SIP.js read only the topmost challenge and
-    # abort on anything but MD5, while RFC 8760 clients still get SHA-256 offered and
-    # sites whose phones all do SHA-256 put it first.
+    # MD5 on top by default: sipp 3.6 reads only the topmost challenge and aborts on anything
+    # but MD5, while RFC 8760 clients still get SHA-256 offered and sites whose phones all
+    # do SHA-256 put it first. Requests over WebSocket get MD5 alone (see
+    # websocket_md5_only): JsSIP keeps the *last* challenge, SIP.js the first.
     algorithms: tuple[DigestAlgorithm, ...] = (DigestAlgorithm.MD5, DigestAlgorithm.SHA_256)
+    # Challenge requests that arrive over WebSocket (RFC 7118) with MD5 only, when MD5 is
+    # in `algorithms`: browser SIP stacks do nothing else and cannot pick among several.
+    websocket_md5_only: bool = True
 
     @field_validator("secret")
     @classmethod
@@ -993,6 +998,8 @@ class UcgateConfig(BaseModel):
     queues: tuple[QueueConfig, ...] = ()
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     webhooks: tuple[Webhook, ...] = ()
+    # Browser pages, agent login tokens and the public chat widget (ucgate.web.config).
+    web: WebConfig = Field(default_factory=WebConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -35,6 +35,7 @@ from ucgate.presence.store import PresenceStore
 from ucgate.presence.store_memory import MemoryPresenceStore
 from ucgate.presence.store_redis import RedisPresenceStore
 from ucgate.registrar.accounts import Account, AccountDirectory, AccountKind
+from ucgate.registrar.guests import GuestAccounts, guest_scope
 from ucgate.registrar.rules import RegistrarPolicy
 from ucgate.registrar.service import RegistrarService
 from ucgate.sessions.model import Media
@@ -60,6 +61,8 @@ from ucgate.sip.transaction.timers import TimerConfig
 from ucgate.store import open_location_store
 from ucgate.store.location import LocationStore, StoreUnavailable
 from ucgate.transport.hub import BoundListener, ListenSpec, TransportHub
+from ucgate.web.routes import WebSetup
+from ucgate.web.tokens import TokenSigner, derive_key
 
 log = structlog.get_logger(__name__)
 
@@ -303,7 +306,26 @@ async def start_node(config: UcgateConfig) -> Node:
         max_contacts=config.registrar.max_contacts_per_aor,
     )
     accounts = build_accounts(config)
-    gate = DigestGate(authenticator, accounts.secret, new_tag)
+    auth_secret = config.auth.secret.get_secret_value()
+    guests = GuestAccounts(derive_key(auth_secret, "guest-sip"), config.sip.domain)
+    if config.web.widget_enabled:
+        # The widget's guests (registrar/guests.py) authenticate like accounts, scoped to
+        # the one INVITE their page places.
+        domain = config.sip.domain
+        gate = DigestGate(
+            authenticator,
+            lambda user: accounts.secret(user) or guests.secret(user),
+            new_tag,
+            scope=lambda req, user: guest_scope(req, user, domain),
+            websocket_md5_only=config.auth.websocket_md5_only,
+        )
+    else:
+        gate = DigestGate(
+            authenticator,
+            accounts.secret,
+            new_tag,
+            websocket_md5_only=config.auth.websocket_md5_only,
+        )
     registrar = RegistrarService(
         domain=config.sip.domain,
         accounts=accounts,
@@ -406,10 +428,25 @@ async def start_node(config: UcgateConfig) -> Node:
             tasks.append(loop.create_task(flusher()))
 
     keys = ApiKeys.from_config(config.api_keys)
+    web_setup = WebSetup(
+        config=config.web,
+        domain=config.sip.domain,
+        accounts=accounts,
+        guests=guests,
+        signer=TokenSigner(derive_key(auth_secret, "web-token")),
+        ws_port=next((b.port for b in bound if b.kind is TransportKind.WS), None),
+        queues={q.id: frozenset(Media(m) for m in q.media) for q in config.queues},
+    )
     # access_log stays off: a browser stream's ?access_token= would land in it.
     http_runner = web.AppRunner(
         build_app(
-            store, keys, presence=presence, statuses=statuses, calls=records, sessions=sessions
+            store,
+            keys,
+            presence=presence,
+            statuses=statuses,
+            calls=records,
+            sessions=sessions,
+            web_setup=web_setup,
         ),
         access_log=None,
     )

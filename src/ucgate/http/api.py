@@ -24,6 +24,7 @@ from ucgate.http.sessions_api import add_sessions_routes
 from ucgate.presence.model import BUILTIN_STATUSES, StatusDef
 from ucgate.sessions.service import SessionService
 from ucgate.store.location import LocationStore
+from ucgate.web.routes import WebSetup, add_web_routes
 
 STORE_KEY = web.AppKey("store", LocationStore)
 OPENAPI_KEY = web.AppKey("openapi", bytes)
@@ -73,6 +74,7 @@ def build_app(
     stream_settings: StreamSettings | None = None,
     calls: CallRecordStore | None = None,
     sessions: SessionService | None = None,
+    web_setup: WebSetup | None = None,
 ) -> web.Application:
     """The HTTP app. With ``presence`` (a started ``PresenceService``) the /v1/presence
     routes are mounted; ``statuses`` is the same status table the service was given.
@@ -93,12 +95,17 @@ def build_app(
         # With ``sessions`` (a started SessionService) the /v1/sessions, /v1/metrics,
         # /v1/reports and /v1/events routes are mounted.
         add_sessions_routes(app, sessions)
+        if web_setup is not None:
+            # The browser pages, agent login and the widget ([web]) build on sessions.
+            add_web_routes(app, web_setup, sessions)
     document = build_openapi(
         version=__version__,
         presence=presence is not None,
         statuses=list(statuses),
         calls=calls is not None,
         sessions=sessions is not None,
+        web=web_setup is not None and sessions is not None,
+        web_pages=web_setup is not None and sessions is not None and web_setup.config.pages,
     )
     app[OPENAPI_KEY] = json.dumps(document, indent=1).encode()
     return app

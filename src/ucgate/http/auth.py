@@ -13,8 +13,10 @@ only the stream route opts in and the header is tried first.
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
@@ -40,8 +42,11 @@ class Principal:
 
     scopes: frozenset[str]
     name: str | None = None
-    # Set when the key belongs to one agent (config ``api_keys[].agent``).
+    # Set when the key belongs to one agent (config ``api_keys[].agent``) or is an agent's
+    # login token (POST /v1/auth/login).
     agent: str | None = None
+    # Set for a widget token: the one session it may act on (POST /v1/widget/sessions).
+    session: str | None = None
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes or ADMIN in self.scopes
@@ -89,7 +94,15 @@ class ApiKeys:
         return None if principal is None else principal.scopes
 
 
+class TokenVerifier(Protocol):
+    """Signed, expiring bearer tokens accepted next to the configured keys (the browser
+    pages' login and widget tokens, :mod:`ucgate.web.routes`)."""
+
+    def principal_for_token(self, token: str, now: float) -> Principal | None: ...
+
+
 API_KEYS = web.AppKey("api_keys", ApiKeys)
+TOKENS = web.AppKey("tokens", TokenVerifier)
 PRINCIPAL = web.RequestKey("principal", Principal)
 
 
@@ -110,6 +123,9 @@ def authenticate(
     else:
         return _unauthorized("missing bearer API key", "Authorization")
     principal = keys.principal_for(token.strip())
+    verifier = request.app.get(TOKENS)
+    if principal is None and verifier is not None:
+        principal = verifier.principal_for_token(token.strip(), time.time())
     if principal is None:
         return _unauthorized("unknown API key", field)
     return principal

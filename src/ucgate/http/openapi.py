@@ -147,6 +147,8 @@ def build_openapi(
     statuses: Iterable[str] = (),
     calls: bool = False,
     sessions: bool = False,
+    web: bool = False,
+    web_pages: bool = False,
 ) -> dict[str, Any]:
     """The document for an app with (``presence=True``) or without the presence routes,
     and with (``calls=True``) or without the call-record routes.
@@ -201,6 +203,12 @@ def build_openapi(
             [(m, "validation") for m in sessions_models], ref_template=_REF
         )
         schemas.update(copy.deepcopy(sdefs["$defs"]))
+    if web:
+        from ucgate.web.routes import web_paths
+
+        web_models = web_paths(paths, _operation, _json, _ref, pages=web_pages)
+        _, wdefs = models_json_schema([(m, "validation") for m in web_models], ref_template=_REF)
+        schemas.update(copy.deepcopy(wdefs["$defs"]))
 
     return {
         "openapi": "3.1.0",
