@@ -219,10 +219,16 @@ for (const key of DTMF_KEYS) {
   );
 }
 
+// Keys go in the media stream (RFC 4733 telephone-event, RTCDTMFSender) whenever the
+// call negotiated it, as PSTN gateways expect; SIP INFO (relayed by ucgate) otherwise.
 function sendDTMF(key) {
   if (!state.call || state.callState !== 'confirmed') return;
-  state.call.sendDTMF(key);
+  const pc = state.call.connection;
+  const sender = pc && pc.getSenders().find((s) => s.track && s.track.kind === 'audio');
+  const inband = Boolean(sender && sender.dtmf && sender.dtmf.canInsertDTMF);
+  state.call.sendDTMF(key, { transportType: inband ? 'RFC2833' : 'INFO' });
   state.dtmfSent.push(key);
+  state.dtmfTransport = inband ? 'rfc4733' : 'info';
 }
 
 setInterval(() => {
@@ -491,6 +497,7 @@ window.ucgateDesk = {
       : { state: state.callState },
     lastEnd: state.lastEnd || null,
     dtmfSent: [...state.dtmfSent],
+    dtmfTransport: state.dtmfTransport || null,
     presence: state.presence ? state.presence.status : null,
     team: Object.fromEntries([...state.team.values()].map((d) => [d.agent, d.status])),
     sessions: [...state.sessions.values()].map((s) => ({
