@@ -8,6 +8,8 @@ and a key pressed on the desk's keypad must reach the trunk as RFC 4733 telephon
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +51,9 @@ target = "agent:alice"
 [[dial_rules]]
 prefix = "+1"
 trunk = "pbx1"
+[[queues]]
+id = "support"
+media = ["chat", "voice"]
 [media]
 backend = "rtpengine"
 rtpengine = "127.0.0.1:{rtpengine.ng_port}"
@@ -159,4 +164,40 @@ def test_browser_agent_dials_out_through_the_trunk(
     trunk.wait_tone(call_t, TONE_BROWSER, timeout=15)
     desk.click("#hangup")
     assert trunk.wait_call_state(call_t, "disconnected")
+    expect(desk.get_by_test_id("call-state")).to_have_text("ended", timeout=10000)
+
+
+def test_desk_call_customer_on_a_chat_rings_the_desk_then_the_customer_with_audio(
+    node: UcgateProcess, trunk: Softphone, chromium: Chromium, rtpengine: Rtpengine
+) -> None:
+    """Elevation from the desk: a browser agent presses "Call customer" on a chat; ucgate
+    rings the desk with the anchor's WebRTC side, then the customer through the trunk with
+    the anchor's RTP side (RFC 3725), and both hear each other."""
+    desk = open_desk(chromium, node)
+    body = json.dumps(
+        {"customer": {"id": "c-1", "phone": "+15557654321"}, "media": "chat", "queue": "support"}
+    ).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{node.http_port}/v1/sessions", data=body, method="POST"
+    )
+    req.add_header("Authorization", f"Bearer {node.api_key}")
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        session_id = json.loads(resp.read())["id"]
+    card = desk.locator(f"article[data-session='{session_id}']")
+    card.locator("button[data-action=accept]").click()
+    expect(card.locator("[data-media=chat]")).to_have_attribute("data-state", "active")
+
+    card.locator("input[aria-label='Customer number']").fill("+15557654321")
+    card.locator("button[data-action=call-customer]").click()
+    expect(desk.locator("#incoming")).to_be_visible(timeout=10000)
+    desk.click("#answer")
+    call_t = int(trunk.wait_incoming(timeout=15)["call"])
+    assert trunk.wait_call_state(call_t, "confirmed")["code"] == 200
+    wait_for_tone(desk, TONE_TRUNK)
+    trunk.wait_tone(call_t, TONE_BROWSER, timeout=15)
+    expect(card.locator("[data-media=voice]")).to_have_attribute("data-state", "active")
+    expect(card.locator("[data-media=chat]")).to_have_attribute("data-state", "active")
+    screenshot(desk, "desk-elevated-call")
+    trunk.hangup(call_t)
     expect(desk.get_by_test_id("call-state")).to_have_text("ended", timeout=10000)

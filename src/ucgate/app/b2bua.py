@@ -1718,7 +1718,16 @@ class CallManager:
             ):
                 # A browser agent and a customer behind a trunk: the agent's device is
                 # offered the anchor's WebRTC side (customer side "b" still a placeholder).
+                # sendrecv toward our own host's discard port, not inactive or c=0.0.0.0
+                # (which rtpengine turns into sendonly): a browser that answered a held
+                # offer answers the later sendrecv re-offer recvonly too (measured with
+                # Chromium + JsSIP 3.13), and the customer would never hear the agent.
+                # Until the customer answers, what the browser sends is dropped.
                 media = MediaKey(cid, name)
+                host = self.contact_uri.split("@", 1)[1].rsplit(":", 1)[0].encode()
+                sdp = sdp.replace(b"a=inactive", b"a=sendrecv").replace(
+                    b"c=IN IP4 0.0.0.0", b"c=IN IP4 " + host
+                )
                 try:
                     sdp = await self.media.offer(media, "b", sdp, profile)
                 except MediaError as exc:
