@@ -26,7 +26,7 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from ucgate.sessions.service import SessionService
 from ucgate.sip.digest import DigestAlgorithm
 from ucgate.web.chat import ChatRelay
 from ucgate.web.config import WebConfig
+from ucgate.web.throttle import LoginThrottle
 from ucgate.web.tokens import TokenKind, TokenSigner
 
 __all__ = [
@@ -102,6 +103,7 @@ class WebSetup:
     ws_port: int | None
     # Queue id → the media it takes, to check web.widget_queue at start.
     queues: Mapping[str, frozenset[Media]]
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
 
 WEB = web.AppKey("web", WebSetup)
@@ -205,10 +207,18 @@ def check_agent_password(accounts: AccountDirectory, realm: str, agent: str, pas
 async def login(request: web.Request) -> web.StreamResponse:
     setup = request.app[WEB]
     body: AgentLogin = await _json_body(request, AgentLogin, LOGIN_MAX_BODY)
+    now = time.time()
+    keys = (f"agent:{body.agent}", f"addr:{request.remote}")
+    wait = setup.throttle.retry_after(keys, now)
+    if wait is not None:
+        resp = json_error(429, "too many failed logins; retry later", field="agent")
+        resp.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
+        return resp
     if not check_agent_password(setup.accounts, setup.domain, body.agent, body.password):
+        setup.throttle.failed(keys, now)
         # One answer for an unknown id and a wrong password: nobody learns which ids exist.
         raise ApiError(401, "unknown agent or wrong password", field="password")
-    now = time.time()
+    setup.throttle.succeeded(keys)
     ttl = setup.config.token_ttl
     token = setup.signer.issue(TokenKind.AGENT, body.agent, now=now, ttl=ttl)
     account = setup.accounts.get(body.agent)

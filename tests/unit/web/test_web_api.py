@@ -429,3 +429,15 @@ def test_relay_drops_a_subscriber_that_falls_behind() -> None:
     relay.post("s", "customer", "m3", 3.0)
     assert queue.empty()
     assert [m.text for m in relay.history("s")] == ["m1", "m2", "m3"]
+
+
+async def test_failed_logins_are_throttled_then_even_the_right_password_waits(
+    client: TestClient[Any, Any],
+) -> None:
+    for _ in range(5):
+        r = await client.post("/v1/auth/login", json={"agent": "alice", "password": "guess"})
+        assert r.status == 401
+    r = await client.post("/v1/auth/login", json={"agent": "alice", "password": "pw-a"})
+    assert r.status == 429
+    assert int(r.headers["Retry-After"]) >= 1
+    assert (await r.json())["error"]["field"] == "agent"
