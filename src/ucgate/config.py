@@ -854,6 +854,11 @@ class RoutingConfig(BaseModel):
     # interrupt[X] lists the media an agent may be busy with and still be offered X.
     # Same-media work never blocks (capacity does); a channel absent here is exclusive.
     interrupt: dict[str, tuple[str, ...]] = Field(default_factory=_default_interrupt)
+    # Multi-node (store backend "redis"): one node routes at a time, the holder of a Redis
+    # lease of this many seconds (renewed every third of it). A standby takes over at most
+    # about this long after the router dies; shorter means faster failover but more Redis
+    # traffic and a router that loses the lease on a shorter Redis stall.
+    leader_lease_ttl: float = Field(default=3.0, ge=0.5, le=60.0)
 
     @field_validator("interrupt")
     @classmethod

@@ -38,6 +38,7 @@ from ucgate.registrar.accounts import Account, AccountDirectory, AccountKind
 from ucgate.registrar.guests import GuestAccounts, guest_scope
 from ucgate.registrar.rules import RegistrarPolicy
 from ucgate.registrar.service import RegistrarService
+from ucgate.sessions.coordination import RedisRoutingCoordinator
 from ucgate.sessions.model import Media
 from ucgate.sessions.routing import InterruptMatrix, QueueSpec, RoutingEngine
 from ucgate.sessions.service import AgentProfile, SessionService
@@ -176,7 +177,7 @@ async def _sweep_expired(store: LocationStore, registrar: RegistrarService) -> N
 
 
 async def _start_sessions(
-    config: UcgateConfig, presence: PresenceService
+    config: UcgateConfig, presence: PresenceService, node_id: str = ""
 ) -> tuple[SessionService, SessionStore, WebhookSender | None]:
     """Sessions (issue 5): store, routing engine over the configured queues, webhooks."""
     session_store: SessionStore
@@ -185,10 +186,18 @@ async def _start_sessions(
         assert config.store.redis_url is not None
         redis_store = await RedisSessionStore.connect(config.store.redis_url)
         session_store = redis_store
+        # Several nodes share these sessions: one routes at a time (the lease holder).
+        coordinator: RedisRoutingCoordinator | None = await RedisRoutingCoordinator.connect(
+            config.store.redis_url,
+            redis_store,
+            node_id=node_id or f"{os.uname().nodename}-{os.getpid()}",
+            lease_ttl=config.routing.leader_lease_ttl,
+        )
         outbox = RedisOutbox(Redis.from_url(config.store.redis_url))
     else:
         session_store = await MemorySessionStore.open(config.store.data_dir)
         outbox = await SqliteOutbox.open(config.store.data_dir)
+        coordinator = None
     webhooks = None
     if config.webhooks:
         webhooks = WebhookSender(
@@ -222,6 +231,7 @@ async def _start_sessions(
         agents={a.id: AgentProfile(a.capacity, a.skills) for a in config.agents},
         presence=presence,
         webhooks=webhooks,
+        coordinator=coordinator,
     )
     await sessions.start()
     return sessions, session_store, webhooks
@@ -396,7 +406,7 @@ async def start_node(config: UcgateConfig) -> Node:
     tracker = CallTracker(records, presence, wrap_up=float(config.calls.wrap_up))
     tracker.start()
     calls.tracker = tracker
-    sessions, session_store, webhooks = await _start_sessions(config, presence)
+    sessions, session_store, webhooks = await _start_sessions(config, presence, node_id)
     glue = SessionCallGlue(sessions, calls, tracker)
     glue.start()
     app = SipApplication(

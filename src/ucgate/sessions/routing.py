@@ -306,6 +306,64 @@ class RoutingEngine:
         if self._waiting.pop((session_id, channel_id), None) is not None:
             self._dispatch(now)
 
+    def restore(
+        self,
+        session_id: str,
+        channel_id: str,
+        queue: str,
+        media: Media,
+        now: float,
+        *,
+        entered_queue_at: float,
+        excluded: Iterable[str] = (),
+        offer: tuple[str, float, bool] | None = None,
+    ) -> None:
+        """Take over a channel another engine was routing (a new leader rebuilding from
+        the store): waiting in ``queue`` since ``entered_queue_at``, never to be offered to
+        ``excluded`` again, and with ``offer`` = (agent, expires_at, sticky) still open if
+        one was. An open offer is kept, not made again (no second offer, no event); a
+        channel without one is offered by the next dispatch (:meth:`dispatch`)."""
+        spec = self._queue(queue)
+        if media not in spec.media:
+            raise RoutingError(f"queue {queue!r} does not take {media.value}", field="media")
+        key = (session_id, channel_id)
+        if key in self._waiting:
+            raise RoutingError(f"channel {channel_id!r} is already queued", field="channel_id")
+        item = _Waiting(
+            session_id, channel_id, queue, media, 0, next(self._seq), entered_queue_at, None
+        )
+        item.excluded.update(excluded)
+        self._waiting[key] = item
+        if offer is not None:
+            item.offer = offer
+            heapq.heappush(self._timers, (offer[1], next(self._seq), key))
+        else:
+            # A channel that waited long before the takeover overflows at the next timer.
+            self._arm_overflow(item)
+
+    def dispatch(self, now: float) -> None:
+        """Offer what can be offered now (after :meth:`restore`, which does not)."""
+        self._dispatch(now)
+
+    def reset(self) -> None:
+        """Forget every agent, channel, timer and undrained event (this node stopped
+        routing: another leads, and will rebuild from the store when it is its turn)."""
+        self._agents.clear()
+        self._waiting.clear()
+        self._timers.clear()
+        self._events.clear()
+
+    def queue_spec(self, queue: str) -> QueueSpec | None:
+        return self._queues.get(queue)
+
+    def is_waiting(self, session_id: str, channel_id: str) -> bool:
+        return (session_id, channel_id) in self._waiting
+
+    def offer_of(self, session_id: str, channel_id: str) -> str | None:
+        """The agent the channel is offered to right now, if any."""
+        item = self._waiting.get((session_id, channel_id))
+        return None if item is None or item.offer is None else item.offer[0]
+
     # --- timers ------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:

@@ -15,6 +15,15 @@ Every engine input and the handling of the events it produces run under one lock
 the engine's view and the store never interleave two inputs. Offers that were open when a
 node stopped are requeued when it starts again (the engine's offer timers are not
 persisted; the channel is not lost).
+
+Multi-node (a :class:`RoutingCoordinator`): every node writes the store for the requests it
+serves, but only the lease holder feeds its engine. The others forward "look at session S /
+agent A again" to it (:mod:`ucgate.sessions.coordination`); it reconciles its engine with
+the store (:meth:`SessionService.routing_inputs`), and its routing writes are fenced by the
+lease token and announced to the other nodes, which publish them on their own event bus
+(:meth:`SessionService.remote_outcome`). A node that takes the lead rebuilds the engine from
+the store (:meth:`SessionService.take_lead`): open offers are restored with their deadlines,
+not made again.
 """
 
 from __future__ import annotations
@@ -22,13 +31,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -36,6 +46,7 @@ from ucgate.presence.model import Channel as PresenceChannel
 from ucgate.presence.model import Interaction, InteractionState
 from ucgate.presence.service import PresenceService
 from ucgate.presence.store import PresenceChange
+from ucgate.sessions.leader import NotLeader
 from ucgate.sessions.model import (
     AgentState,
     Channel,
@@ -55,10 +66,18 @@ from ucgate.sessions.routing import (
     RoutingError,
     RoutingEvent,
 )
-from ucgate.sessions.store import PinTaken, SessionStore, UnknownSession
+from ucgate.sessions.store import (
+    PinTaken,
+    SessionStore,
+    UnknownSession,
+    UpdateFn,
+    session_from_json,
+    session_to_json,
+)
 from ucgate.sessions.webhooks import WebhookSender
+from ucgate.store.location import StoreUnavailable
 
-__all__ = ["AgentProfile", "EventBus", "SessionEvent", "SessionService"]
+__all__ = ["AgentProfile", "EventBus", "RoutingCoordinator", "SessionEvent", "SessionService"]
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +102,24 @@ _PRESENCE_STATE = {
     ChannelState.HELD: InteractionState.HELD,
     ChannelState.WRAP_UP: InteractionState.WRAP_UP,
 }
+
+
+class RoutingCoordinator(Protocol):
+    """Multi-node routing (:class:`ucgate.sessions.coordination.RedisRoutingCoordinator`)."""
+
+    node_id: str
+
+    def leading(self) -> bool: ...
+
+    async def forward(self, *, session_id: str | None = None, agent: str | None = None) -> None: ...
+
+    async def routing_update(
+        self, session_id: str, fn: UpdateFn, entry: Callable[[Session], Mapping[str, str]]
+    ) -> Session: ...
+
+    async def start(self, host: Any) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +205,7 @@ class SessionService:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         pin_digits: int = 6,
+        coordinator: RoutingCoordinator | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -185,11 +223,23 @@ class SessionService:
         self._seq = itertools.count(1)
         self._idle_since: dict[str, float] = {}
         self._closed = False
+        self._coordinator = coordinator
+        # Multi-node: whether this node's engine is the site's (set under the lock by
+        # take_lead, cleared by give_up_lead or a fenced-off write).
+        self._routing = coordinator is None
 
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Feed every agent to the engine and requeue channels that were waiting."""
+        """Feed every agent to the engine and requeue channels that were waiting.
+
+        Multi-node: nothing is fed here; the coordinator calls :meth:`take_lead` when (if)
+        this node gets the lease."""
+        if self._coordinator is not None:
+            if self._presence is not None:
+                self._presence.add_listener(self._on_presence)
+            await self._coordinator.start(self)
+            return
         now = self._clock()
         async with self._lock:
             for agent in self._agents:
@@ -221,6 +271,8 @@ class SessionService:
 
     async def stop(self) -> None:
         """Stop the timer and end the event streams (the store is the caller's)."""
+        if self._coordinator is not None:
+            await self._coordinator.close()
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
@@ -309,7 +361,10 @@ class SessionService:
                     await self.store.create(session)
                     await self._emit(SESSION_CREATED, session, now)
                     ch = session.channels[0]
-                    self.engine.enqueue(session.id, ch.id, queue, media, now)
+                    if self._routes_here():
+                        self.engine.enqueue(session.id, ch.id, queue, media, now)
+                    else:
+                        await self._forward(session_id=session.id)
                     await self._pump(now)
                 return await self.get(session.id)
             except PinTaken:
@@ -371,9 +426,12 @@ class SessionService:
             )
             ch = session.channels[-1]
             await self._emit(CHANNEL_ADDED, session, now, channel_id=ch.id)
-            self.engine.enqueue(
-                session.id, ch.id, target, media, now, preferred_agent=session.agent
-            )
+            if self._routes_here():
+                self.engine.enqueue(
+                    session.id, ch.id, target, media, now, preferred_agent=session.agent
+                )
+            else:
+                await self._forward(session_id=session.id)
             await self._pump(now)
         return await self.get(session_id)
 
@@ -387,8 +445,11 @@ class SessionService:
             session = await self.store.update(
                 session_id, lambda s: s.apply(channel_id, ChannelInput.ACCEPT, now, agent)
             )
-            with contextlib.suppress(RoutingError):
-                self.engine.accept(session_id, channel_id, agent, now)
+            if self._routes_here():
+                with contextlib.suppress(RoutingError):
+                    self.engine.accept(session_id, channel_id, agent, now)
+            else:
+                await self._forward(session_id=session_id)
             await self._after_change(before, session, channel_id, now)
             await self._pump(now)
             return session
@@ -405,6 +466,9 @@ class SessionService:
             )
             await self._emit(OFFER_REJECTED, session, now, channel_id=channel_id, agent=agent)
             await self._after_change(before, session, channel_id, now, emit=False)
+            if not self._routes_here():
+                await self._forward(session_id=session_id)
+                return await self.get(session_id)
             try:
                 self.engine.reject(session_id, channel_id, agent, now)
             except RoutingError:
@@ -442,7 +506,10 @@ class SessionService:
                 ChannelInput.END,
                 ChannelInput.ACCEPT,
             ):
-                self.engine.cancel(session_id, channel_id, now)
+                if self._routes_here():
+                    self.engine.cancel(session_id, channel_id, now)
+                else:
+                    await self._forward(session_id=session_id)
             await self._after_change(before, session, channel_id, now)
             await self._pump(now)
             return session
@@ -460,6 +527,8 @@ class SessionService:
                 return s.close(now, force=force)
 
             session = await self.store.update(session_id, fn)
+            if not self._routes_here():
+                await self._forward(session_id=session_id)
             for ch in before.channels:
                 if ch.state in (ChannelState.QUEUED, ChannelState.OFFERED):
                     self.engine.cancel(session_id, ch.id, now)
@@ -518,8 +587,12 @@ class SessionService:
             )
 
     async def _agent_touched(self, agent: str, now: float) -> None:
-        if agent in self._agents:
+        if agent not in self._agents:
+            return
+        if self._routes_here():
             self.engine.agent_changed(await self._agent_state(agent), now)
+        else:
+            await self._forward(agent=agent)
 
     async def _agent_state(self, agent: str) -> AgentState:
         profile = self._agents[agent]
@@ -559,6 +632,10 @@ class SessionService:
             return
         now = self._clock()
         async with self._lock:
+            # Multi-node: every node hears every presence change (the presence store
+            # fans them out); only the router acts on them, nobody forwards them.
+            if not self._routes_here():
+                return
             self.engine.agent_changed(await self._agent_state(change.agent), now)
             await self._pump(now)
 
@@ -567,6 +644,11 @@ class SessionService:
         while (event := self.engine.next_event()) is not None:
             try:
                 await self._apply_routing_event(event, now)
+            except NotLeader as exc:
+                # A stale router (paused past its lease): nothing was written.
+                log.warning("sessions.routing_fenced_off", error=str(exc))
+                await self._stop_routing("fenced off", extra=(event.session_id,))
+                return
             except SessionError as exc:
                 # The channel changed under the engine (ended meanwhile): drop its item.
                 log.warning("sessions.routing_event_refused", event=repr(event), error=str(exc))
@@ -580,7 +662,8 @@ class SessionService:
     ) -> None:
         sid, cid = event.session_id, event.channel_id
         if isinstance(event, OfferMade):
-            session = await self.store.update(
+            data: dict[str, Any] = {"expires_at": event.expires_at, "sticky": event.sticky}
+            session, event_id = await self._routing_write(
                 sid,
                 lambda s: s.apply(
                     cid,
@@ -589,6 +672,11 @@ class SessionService:
                     event.agent,
                     detail="sticky" if event.sticky else "",
                 ),
+                OFFER_MADE,
+                now,
+                cid,
+                event.agent,
+                data,
             )
             await self._emit(
                 OFFER_MADE,
@@ -596,27 +684,49 @@ class SessionService:
                 now,
                 channel_id=cid,
                 agent=event.agent,
-                data={"expires_at": event.expires_at, "sticky": event.sticky},
+                data=data,
+                event_id=event_id,
             )
             await self._presence_update(event.agent, session.channel(cid), now)
             await self._agent_touched(event.agent, now)
         elif isinstance(event, OfferTimedOut):
-            session = await self.store.update(
-                sid, lambda s: s.apply(cid, ChannelInput.OFFER_TIMEOUT, now, event.agent)
+            session, event_id = await self._routing_write(
+                sid,
+                lambda s: s.apply(cid, ChannelInput.OFFER_TIMEOUT, now, event.agent),
+                OFFER_TIMED_OUT,
+                now,
+                cid,
+                event.agent,
+                {},
             )
-            await self._emit(OFFER_TIMED_OUT, session, now, channel_id=cid, agent=event.agent)
+            await self._emit(
+                OFFER_TIMED_OUT,
+                session,
+                now,
+                channel_id=cid,
+                agent=event.agent,
+                event_id=event_id,
+            )
             await self._presence_update(event.agent, session.channel(cid), now)
             await self._agent_touched(event.agent, now)
         elif isinstance(event, ChannelOverflowed):
-            session = await self.store.update(
-                sid, lambda s: s.apply(cid, ChannelInput.REQUEUE, now, queue=event.to_queue)
+            moved = {"from_queue": event.from_queue, "to_queue": event.to_queue}
+            session, event_id = await self._routing_write(
+                sid,
+                lambda s: s.apply(cid, ChannelInput.REQUEUE, now, queue=event.to_queue),
+                CHANNEL_OVERFLOWED,
+                now,
+                cid,
+                None,
+                moved,
             )
             await self._emit(
                 CHANNEL_OVERFLOWED,
                 session,
                 now,
                 channel_id=cid,
-                data={"from_queue": event.from_queue, "to_queue": event.to_queue},
+                data=moved,
+                event_id=event_id,
             )
         else:
             session = await self.get(sid)
@@ -645,6 +755,8 @@ class SessionService:
         """Fire due engine deadlines (also callable by tests with a stepped clock)."""
         now = self._clock()
         async with self._lock:
+            if not self._routing:
+                return
             self.engine.handle_timer(now)
             await self._pump(now)
 
@@ -657,9 +769,10 @@ class SessionService:
         channel_id: str | None = None,
         agent: str | None = None,
         data: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
     ) -> None:
         event = SessionEvent(
-            id=uuid.uuid4().hex,
+            id=event_id or uuid.uuid4().hex,
             seq=next(self._seq),
             type=type_,
             at=now,
@@ -671,3 +784,240 @@ class SessionService:
         self.events.publish(event)
         if self._webhooks is not None:
             await self._webhooks.publish(type_, event.id, event.to_json_dict())
+
+    # --- multi-node routing (driven by the coordinator) --------------------------------
+
+    def _routes_here(self) -> bool:
+        """Whether this node feeds its own engine (single node, or the lease holder)."""
+        if self._coordinator is None:
+            return True
+        return self._routing and self._coordinator.leading()
+
+    async def _forward(self, *, session_id: str | None = None, agent: str | None = None) -> None:
+        assert self._coordinator is not None
+        try:
+            await self._coordinator.forward(session_id=session_id, agent=agent)
+        except StoreUnavailable as exc:
+            # The store write stands; the next router's rebuild (or a later input about
+            # the same session) routes it.
+            log.warning("sessions.forward_failed", session=session_id, agent=agent, error=str(exc))
+
+    async def _routing_write(
+        self,
+        session_id: str,
+        fn: UpdateFn,
+        type_: str,
+        now: float,
+        channel_id: str,
+        agent: str | None,
+        data: Mapping[str, Any],
+    ) -> tuple[Session, str]:
+        """A write the engine decided: fenced and announced to the other nodes when
+        routing is coordinated. The event id is shared, so every node's copy of the event
+        (and the webhook) carries the same idempotency key."""
+        event_id = uuid.uuid4().hex
+        if self._coordinator is None:
+            return await self.store.update(session_id, fn), event_id
+
+        def entry(session: Session) -> dict[str, str]:
+            return {
+                "id": event_id,
+                "type": type_,
+                "at": repr(now),
+                "channel": channel_id,
+                "agent": agent or "",
+                "data": json.dumps(dict(data), separators=(",", ":")),
+                "session": session_to_json(session),
+            }
+
+        return await self._coordinator.routing_update(session_id, fn, entry), event_id
+
+    async def take_lead(self, token: str) -> None:
+        """This node got the lease: rebuild the engine from the store and route.
+
+        Every agent is fed with its load counted from the store; every queued or offered
+        channel is put back as it stands: an open offer keeps its agent and deadline (so
+        nothing is offered twice), agents who rejected or let an offer lapse in the current
+        queue stay excluded, a channel never offered is routed as when it arrived (its
+        session's agent first)."""
+        now = self._clock()
+        async with self._lock:
+            self.engine.reset()
+            for agent in self._agents:
+                self._idle_since.setdefault(agent, now)
+                self.engine.agent_changed(await self._agent_state(agent), now)
+            pending: list[tuple[float, Session, Channel]] = []
+            cursor: str | None = None
+            while True:
+                page = await self.store.list(open_only=True, limit=1000, cursor=cursor)
+                for session in page.sessions:
+                    for ch in session.channels:
+                        if ch.state in (ChannelState.QUEUED, ChannelState.OFFERED):
+                            pending.append((ch.created_at, session, ch))
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            # Open offers first: they hold capacity, and enqueue() dispatches at once, so a
+            # queued channel put back before them could be offered to an agent they fill.
+            # Then first come, first served survives the takeover: oldest channels first.
+            pending.sort(
+                key=lambda p: (p[2].state is not ChannelState.OFFERED, p[0], p[1].id, p[2].id)
+            )
+            for _, session, ch in pending:
+                self._take_over(session, ch, now)
+            self._routing = True
+            self.engine.dispatch(now)
+            await self._pump(now)
+            log.info(
+                "sessions.routing_taken_over",
+                lease=token,
+                channels=len(pending),
+                waiting=len(self.engine.waiting()),
+            )
+
+    async def give_up_lead(self, reason: str) -> None:
+        async with self._lock:
+            await self._stop_routing(reason)
+
+    async def _stop_routing(self, reason: str, extra: Sequence[str] = ()) -> None:
+        """Stop routing (under the lock): the engine's state is forgotten, and every
+        session it held is handed to the next router, which may have rebuilt before one of
+        them reached the store."""
+        if not self._routing:
+            return
+        self._routing = False
+        held = list(dict.fromkeys([*extra, *(sid for sid, _ in self.engine.waiting())]))
+        self.engine.reset()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        log.warning("sessions.routing_stopped", reason=reason, handed_over=len(held))
+        for sid in held:
+            await self._forward(session_id=sid)
+
+    async def routing_inputs(self, sessions: Sequence[str], agents: Sequence[str]) -> None:
+        """Inputs other nodes forwarded: make the engine agree with the store about these
+        sessions and agents, then route. Idempotent: an input read twice finds the engine
+        already agreeing and changes nothing."""
+        now = self._clock()
+        async with self._lock:
+            if not self._routing:
+                return
+            found: list[Session] = []
+            touched = set(agents)
+            for sid in sessions:
+                session = await self.store.get(sid)
+                if session is None:
+                    continue
+                found.append(session)
+                for ch in session.channels:
+                    touched.update(e.agent for e in ch.timeline[-2:] if e.agent)
+                    if ch.state is ChannelState.ENDED and ch.agent is not None:
+                        at = ch.timeline[-1].at
+                        self._idle_since[ch.agent] = max(self._idle_since.get(ch.agent, 0), at)
+            # Agents first: their load as the store has it now, before any offer is
+            # closed or dispatched against a stale view.
+            for agent in sorted(touched):
+                if agent in self._agents:
+                    self.engine.agent_changed(await self._agent_state(agent), now)
+            for session in found:
+                self._reconcile(session, now)
+            self.engine.dispatch(now)
+            await self._pump(now)
+
+    def _reconcile(self, session: Session, now: float) -> None:
+        for ch in session.channels:
+            sid, cid = session.id, ch.id
+            offered_to = self.engine.offer_of(sid, cid)
+            waiting = self.engine.is_waiting(sid, cid)
+            if ch.state is ChannelState.QUEUED:
+                if offered_to is not None:
+                    last = ch.timeline[-1]
+                    if last.input is ChannelInput.REJECT and last.agent == offered_to:
+                        self.engine.reject(sid, cid, offered_to, now)
+                        continue
+                    self.engine.cancel(sid, cid, now)
+                    waiting = False
+                if not waiting:
+                    self._take_over(session, ch, now)
+            elif ch.state is ChannelState.OFFERED:
+                if waiting and offered_to != ch.agent:
+                    self.engine.cancel(sid, cid, now)
+                    waiting = False
+                if not waiting:
+                    self._take_over(session, ch, now)
+            elif waiting:
+                if ch.state is ChannelState.ACTIVE and offered_to == ch.agent:
+                    assert offered_to is not None
+                    self.engine.accept(sid, cid, offered_to, now)
+                else:
+                    self.engine.cancel(sid, cid, now)
+
+    def _take_over(self, session: Session, ch: Channel, now: float) -> None:
+        """Put a queued or offered channel into the engine as the store shows it."""
+        spec = None if ch.queue is None else self.engine.queue_spec(ch.queue)
+        if spec is None or ch.media not in spec.media:
+            log.warning("sessions.channel_not_routable", session=session.id, channel=ch.id)
+            return
+        entries = ch.timeline
+        if (
+            ch.state is ChannelState.QUEUED
+            and session.agent is not None
+            and not any(e.input is ChannelInput.OFFER for e in entries)
+        ):
+            # Never offered, and the session has an agent: sticky, as on arrival. (Others
+            # are restored without a dispatch each; the caller dispatches once.)
+            with contextlib.suppress(RoutingError):
+                self.engine.enqueue(
+                    session.id, ch.id, spec.id, ch.media, now, preferred_agent=session.agent
+                )
+            return
+        # The current stint in this queue: since the channel entered it.
+        entered, queue, excluded = entries[0].at, entries[0].queue, set[str]()
+        for e in entries:
+            if e.queue != queue:
+                entered, queue = e.at, e.queue
+                excluded.clear()
+            if e.input in (ChannelInput.REJECT, ChannelInput.OFFER_TIMEOUT) and e.agent:
+                excluded.add(e.agent)
+        offer: tuple[str, float, bool] | None = None
+        if ch.state is ChannelState.OFFERED:
+            last = entries[-1]
+            if last.input is not ChannelInput.OFFER or ch.agent is None:
+                return
+            if last.detail == "elevation":
+                return  # placed by the session's agent, not by routing
+            offer = (ch.agent, last.at + spec.offer_timeout, last.detail == "sticky")
+        with contextlib.suppress(RoutingError):
+            self.engine.restore(
+                session.id,
+                ch.id,
+                spec.id,
+                ch.media,
+                now,
+                entered_queue_at=entered,
+                excluded=excluded,
+                offer=offer,
+            )
+
+    def remote_outcome(self, fields: Mapping[str, str]) -> None:
+        """What another node's router wrote (an offer, a timeout, an overflow), published
+        on this node's bus: its /v1/events clients and its call glue (which rings the agent
+        for a call held here) hear of it. Webhooks were sent by the router."""
+        try:
+            session = session_from_json(fields["session"])
+            data = json.loads(fields.get("data") or "{}")
+            event = SessionEvent(
+                id=fields.get("id") or uuid.uuid4().hex,
+                seq=next(self._seq),
+                type=fields["type"],
+                at=float(fields.get("at", "0")),
+                session=session,
+                agent=fields.get("agent") or None,
+                channel_id=fields.get("channel") or None,
+                data=data if isinstance(data, dict) else {},
+            )
+        except (KeyError, ValueError) as exc:
+            log.warning("sessions.remote_outcome_skipped", error=str(exc))
+            return
+        self.events.publish(event)

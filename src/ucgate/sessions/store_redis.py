@@ -14,14 +14,20 @@ WATCHes the session key (and, on create, the PIN key), applies the pure function
 Python and writes the session and its indexes in one MULTI/EXEC, retrying when another
 node wrote meanwhile. Tasks of one node queue on a per-session lock first. Each call is
 bounded by ``timeout``: an unreachable Redis raises StoreUnavailable, never hangs.
+
+Routing writes in multi-node mode pass a :class:`Fence`: the same transaction also WATCHes
+the routing lease and checks it still holds the writer's token (else
+:class:`~ucgate.sessions.leader.NotLeader`, nothing written), and appends the outcome to the
+routing change stream, so a write and its announcement to the other nodes are one step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
@@ -29,6 +35,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
 from ucgate.calls.record_store import check_page_args, encode_cursor
+from ucgate.sessions.leader import NotLeader
 from ucgate.sessions.model import Session, SessionError
 from ucgate.sessions.store import (
     PinTaken,
@@ -43,11 +50,24 @@ from ucgate.sessions.store import (
 from ucgate.store.location import StoreConflict, StoreUnavailable
 from ucgate.store.redis_common import KeyLocks, bounded_client
 
-__all__ = ["DEFAULT_PREFIX", "RedisSessionStore"]
+__all__ = ["DEFAULT_PREFIX", "Fence", "RedisSessionStore"]
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_PREFIX = "ucgate:sessions:"
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """Guard of a routing write: applied only while ``lease_key`` holds ``token``; then
+    ``entry(new_session)`` is appended to ``stream`` (trimmed to about ``maxlen``) in the
+    same MULTI/EXEC."""
+
+    lease_key: str
+    token: str
+    stream: str
+    entry: Callable[[Session], Mapping[str, str]]
+    maxlen: int = 10_000
 
 
 class RedisSessionStore:
@@ -123,7 +143,7 @@ class RedisSessionStore:
             except _Refused as refused:
                 raise refused.error from None
 
-    async def update(self, session_id: str, fn: UpdateFn) -> Session:
+    async def update(self, session_id: str, fn: UpdateFn, *, fence: Fence | None = None) -> Session:
         key = self._key(session_id)
         async with self._locks.hold(session_id):
             for attempt in range(self._max_attempts):
@@ -133,7 +153,15 @@ class RedisSessionStore:
                         self._client.pipeline(transaction=True) as pipeline,
                     ):
                         pipe: Any = pipeline  # partly untyped stubs
-                        await pipe.watch(key)
+                        if fence is None:
+                            await pipe.watch(key)
+                        else:
+                            # WATCHing the lease too: a takeover between this check and
+                            # EXEC aborts the transaction, and the retry sees the new token.
+                            await pipe.watch(key, fence.lease_key)
+                            holder = await pipe.get(fence.lease_key)
+                            if holder != fence.token:
+                                raise _Refused(NotLeader(fence.token, holder))
                         text = await pipe.get(key)
                         if text is None:
                             raise _Refused(UnknownSession(session_id))
@@ -145,6 +173,13 @@ class RedisSessionStore:
                         pipe.multi()
                         pipe.set(key, session_to_json(new))
                         self._index(pipe, current, new)
+                        if fence is not None:
+                            pipe.xadd(
+                                fence.stream,
+                                dict(fence.entry(new)),
+                                maxlen=fence.maxlen,
+                                approximate=True,
+                            )
                         await pipe.execute()
                         return new
                 except WatchError:
@@ -169,6 +204,8 @@ class RedisSessionStore:
         cursor: str | None = None,
     ) -> SessionPage:
         after = check_page_args(limit, cursor)
+        if agent is not None:
+            return await self._list_agent(agent, open_only, since, until, limit, after)
         high: float | str = "+inf" if until is None else f"({until!r}"
         if after is not None and (until is None or after[0] < until):
             high = after[0]
@@ -214,6 +251,48 @@ class RedisSessionStore:
                 offset += batch
         cursor_out = encode_cursor(out[-1][0]) if more and out else None
         return SessionPage([s for _, s in out], cursor_out)
+
+    async def _list_agent(
+        self,
+        agent: str,
+        open_only: bool,
+        since: float | None,
+        until: float | None,
+        limit: int,
+        after: tuple[float, str] | None,
+    ) -> SessionPage:
+        """``list(agent=...)`` from the agent's own index: the routing service asks it
+        for the offered agent on every offer, and walking every session ever created
+        (the general path) made that grow with the site's history."""
+        key = f"{self._p}agent:{agent}"
+        async with self._io("list"):
+            if open_only:
+                members = await self._client.sinter([key, self._p + "open"])
+            else:
+                members = await self._client.smembers(key)
+            ids = sorted(str(m) for m in members)
+            scores = await self._client.zmscore(self._p + "idx", ids) if ids else []
+            keys: list[tuple[float, str]] = []
+            for sid, score in zip(ids, scores, strict=True):
+                if score is None:
+                    continue  # indexed for the agent, gone from idx: skip
+                k = (float(score), sid)
+                if since is not None and k[0] < since:
+                    continue
+                if until is not None and k[0] >= until:
+                    continue
+                if after is None or k < after:
+                    keys.append(k)
+            keys.sort(reverse=True)
+            more = len(keys) > limit
+            keys = keys[:limit]
+            texts = await self._client.mget([self._key(i) for _, i in keys]) if keys else []
+        sessions = [
+            session
+            for (_, sid), text in zip(keys, texts, strict=True)
+            if text is not None and (session := self._decode(sid, text)) is not None
+        ]
+        return SessionPage(sessions, encode_cursor(keys[-1]) if more and keys else None)
 
     async def find_open_by_phone(self, phone: str) -> Session | None:
         async with self._io("find_by_phone"):

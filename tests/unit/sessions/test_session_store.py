@@ -151,3 +151,37 @@ async def test_two_redis_clients_share_state(redis_url: str) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_list_by_agent_pages_and_filters_like_the_general_list(store: SessionStore) -> None:
+    # Ties on created_at on purpose: the order (newest, then id descending) and the cursor
+    # must be the general list's.
+    for i in range(6):
+        await store.create(make(f"a{i}", float(i // 2)))
+        await store.update(
+            f"a{i}", lambda s, i=i: s.apply(f"a{i}-1", ChannelInput.OFFER, 9.0, "bob")
+        )
+    await store.create(make("other", 1.0))
+    await store.update("a4", lambda s: s.close(10.0, force=True))
+    general = await store.list(open_only=False, limit=100)
+    expected = [s.id for s in general.sessions if s.id != "other"]
+    assert expected == ["a5", "a4", "a3", "a2", "a1", "a0"]
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(10):
+        page = await store.list(open_only=False, agent="bob", limit=4, cursor=cursor)
+        seen += [s.id for s in page.sessions]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == expected
+    assert [s.id for s in (await store.list(agent="bob")).sessions] == [
+        "a5",
+        "a3",
+        "a2",
+        "a1",
+        "a0",
+    ]
+    window = await store.list(open_only=False, agent="bob", since=1.0, until=2.0)
+    assert [s.id for s in window.sessions] == ["a3", "a2"]
+    assert (await store.list(agent="nobody")).sessions == []
