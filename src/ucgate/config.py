@@ -902,10 +902,32 @@ class CallsConfig(BaseModel):
 class MediaBackend(enum.Enum):
     # SDP always passes through: no anchoring, so a browser cannot talk to a trunk.
     NONE = "none"
-    # aiortc (WebRTC side) + pjsua2 (RTP side) in media worker processes ucgate runs.
+    # aiortc (WebRTC side) + plain RTP in media worker processes ucgate runs (default).
     EMBEDDED = "embedded"
     # An rtpengine daemon (Debian rtpengine-daemon) driven over its ng protocol.
     RTPENGINE = "rtpengine"
+
+
+class EmbeddedMediaConfig(BaseModel):
+    """The embedded media backend: worker processes ucgate starts and supervises, each
+    terminating WebRTC with aiortc and plain RTP/G.711 itself (docs/media.md)."""
+
+    model_config = _MODEL_CONFIG
+
+    # Most worker processes at once; a call that finds every worker full gets 503.
+    max_workers: int = Field(default=4, ge=1, le=64)
+    # Bridged calls per worker (each worker is one Python process: one core at most).
+    calls_per_worker: int = Field(default=4, ge=1, le=16)
+    # Workers kept running while idle (0: the first anchored call starts one, ~1 s).
+    min_workers: int = Field(default=0, ge=0, le=64)
+    # Address the workers put in SDP and ICE candidates, where browsers and trunks send
+    # media. Default: sip.advertised_host, else the first SIP listen address (a wildcard
+    # listen address becomes 127.0.0.1, which only suits a single machine).
+    bind_host: str | None = None
+    # Supervision: a worker that does not answer a ping within ping_timeout is killed and
+    # only its own calls are ended (BYE both legs).
+    ping_interval: float = Field(default=2.0, gt=0.05, le=60.0)
+    ping_timeout: float = Field(default=5.0, gt=0.1, le=120.0)
 
 
 class MediaConfig(BaseModel):
@@ -914,7 +936,8 @@ class MediaConfig(BaseModel):
 
     model_config = _MODEL_CONFIG
 
-    backend: MediaBackend = MediaBackend.NONE
+    backend: MediaBackend = MediaBackend.EMBEDDED
+    embedded: EmbeddedMediaConfig = Field(default_factory=EmbeddedMediaConfig)
     # rtpengine backend: the ng control address (its --listen-ng).
     rtpengine: SocketAddress = Field(
         default_factory=lambda: SocketAddress(host="127.0.0.1", port=2223)

@@ -3,7 +3,8 @@
 The "browser" here is :class:`tests.support.webrtc_phone.WebRtcPhone` (SIP over WebSocket
 like JsSIP, aiortc for ICE/DTLS-SRTP/Opus); the trunk is a real pjsua2 phone from the rig.
 Each plays its own tone and detects the other's, so every assertion means audio crossed
-the anchor, both ways. The media backend is a real rtpengine started on free ports.
+the anchor, both ways. Every test runs against both media backends, for real: an
+rtpengine daemon on free ports, and ucgate's embedded media workers.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import pytest
 
 from sip_test_rig.media import DEFAULT_TONES
 from sip_test_rig.ports import free_port
-from sip_test_rig.rtpengine import Rtpengine
 from sip_test_rig.softphone_client import Softphone
+from tests.support.media_backends import BACKENDS, MediaUnderTest
 from tests.support.ucgate_process import Account, UcgateProcess
 from tests.support.webrtc_phone import WebRtcPhone
 from ucgate.sip.sdp import parse_sdp
@@ -33,15 +34,18 @@ PBX = Account("pbx1", "pbx1-Pa55word")
 TONE_TRUNK, TONE_BROWSER, TONE_BOB = DEFAULT_TONES[0], DEFAULT_TONES[2], DEFAULT_TONES[3]
 
 
-@pytest.fixture
-def rtpengine(tmp_path: Path) -> Iterator[Rtpengine]:
-    with Rtpengine(tmp_path / "rtpengine") as engine:
-        yield engine
+@pytest.fixture(params=BACKENDS)
+def media(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MediaUnderTest]:
+    backend = MediaUnderTest.start(request.param, tmp_path)
+    try:
+        yield backend
+    finally:
+        backend.stop()
 
 
 @pytest.fixture
-def node(tmp_path: Path, rtpengine: Rtpengine) -> Iterator[UcgateProcess]:
-    tail = f"""
+def node(tmp_path: Path, media: MediaUnderTest) -> Iterator[UcgateProcess]:
+    tail = """
 [[dids]]
 number = "+15550100"
 target = "agent:alice"
@@ -56,10 +60,7 @@ id = "support"
 media = ["voice", "chat"]
 [calls]
 ring_timeout = 15
-[media]
-backend = "rtpengine"
-rtpengine = "127.0.0.1:{rtpengine.ng_port}"
-"""
+""" + media.toml()
     n = UcgateProcess(
         tmp_path / "n", agents=[ALICE, BOB], trunks=[PBX], tail=tail, ws_port=free_port()
     ).start()
@@ -113,7 +114,7 @@ async def wait_until(predicate: object, timeout: float = 10.0) -> None:
 
 
 def test_trunk_calls_browser_agent_two_way_audio_hold_resume(
-    node: UcgateProcess, trunk: Softphone, rtpengine: Rtpengine
+    node: UcgateProcess, trunk: Softphone, media: MediaUnderTest
 ) -> None:
     async def scenario() -> None:
         alice = await browser(node)
@@ -129,7 +130,7 @@ def test_trunk_calls_browser_agent_two_way_audio_hold_resume(
             assert confirmed["code"] == 200
             await alice.wait_tone(TONE_TRUNK)
             await asyncio.to_thread(trunk.wait_tone, call_t, TONE_BROWSER, 10)
-            assert len(rtpengine.active_calls()) == 1
+            assert len(media.active_calls(node)) == 1
 
             # DTMF from the trunk as INFO is relayed to the browser (RFC 6086 INFO).
             trunk.dial_dtmf(call_t, "5", method="info")
@@ -157,7 +158,7 @@ def test_trunk_calls_browser_agent_two_way_audio_hold_resume(
             trunk.hangup(call_t)
             await alice.next_request("BYE")
             assert not alice.errors, alice.errors
-            await wait_until(lambda: not rtpengine.active_calls())
+            await wait_until(lambda: not media.active_calls(node))
         finally:
             await alice.close()
 
@@ -165,7 +166,7 @@ def test_trunk_calls_browser_agent_two_way_audio_hold_resume(
 
 
 def test_browser_agent_calls_out_through_trunk(
-    node: UcgateProcess, trunk: Softphone, rtpengine: Rtpengine
+    node: UcgateProcess, trunk: Softphone, media: MediaUnderTest
 ) -> None:
     async def scenario() -> None:
         alice = await browser(node)
@@ -181,7 +182,7 @@ def test_browser_agent_calls_out_through_trunk(
             bye = await alice.hangup()
             assert bye.status == 200
             assert await asyncio.to_thread(trunk.wait_call_state, call_t, "disconnected")
-            await wait_until(lambda: not rtpengine.active_calls())
+            await wait_until(lambda: not media.active_calls(node))
         finally:
             await alice.close()
 
@@ -189,7 +190,7 @@ def test_browser_agent_calls_out_through_trunk(
 
 
 def test_browser_tab_closed_mid_call_ends_it_at_once(
-    node: UcgateProcess, trunk: Softphone, rtpengine: Rtpengine
+    node: UcgateProcess, trunk: Softphone, media: MediaUnderTest
 ) -> None:
     async def scenario() -> None:
         alice = await browser(node)
@@ -203,7 +204,7 @@ def test_browser_tab_closed_mid_call_ends_it_at_once(
         # The trunk gets its BYE from ucgate now, not after a session timer (minutes).
         gone = await asyncio.to_thread(trunk.wait_call_state, call_t, "disconnected", 5)
         assert gone["state"] == "disconnected"
-        await wait_until(lambda: not rtpengine.active_calls())
+        await wait_until(lambda: not media.active_calls(node))
         _, doc = node.http_get("/v1/presence/alice", key=node.api_key)
         assert doc["voice"] == "offline", doc
 
@@ -222,7 +223,7 @@ async def api(node: UcgateProcess, method: str, path: str, body: object = None) 
 
 
 def test_browser_agent_elevates_chat_to_a_call_with_the_customer(
-    node: UcgateProcess, trunk: Softphone, rtpengine: Rtpengine
+    node: UcgateProcess, trunk: Softphone, media: MediaUnderTest
 ) -> None:
     """RFC 3725 third-party call control through the anchor: the browser agent is rung
     with the anchor's WebRTC side, the customer (behind the trunk) is offered the anchor's
@@ -273,7 +274,7 @@ def test_browser_agent_elevates_chat_to_a_call_with_the_customer(
             assert not alice.errors, alice.errors
             trunk.hangup(call_t)
             await alice.next_request("BYE")
-            await wait_until(lambda: not rtpengine.active_calls())
+            await wait_until(lambda: not media.active_calls(node))
         finally:
             await alice.close()
 
@@ -300,7 +301,7 @@ def bob(node: UcgateProcess) -> Iterator[Softphone]:
 
 
 def test_browser_agent_transfers_a_trunk_call_to_a_desk_phone(
-    node: UcgateProcess, trunk: Softphone, bob: Softphone, rtpengine: Rtpengine
+    node: UcgateProcess, trunk: Softphone, bob: Softphone, media: MediaUnderTest
 ) -> None:
     """Anchored before, pass-through after: the trunk and bob's desk phone both speak RTP."""
 
@@ -317,7 +318,7 @@ def test_browser_agent_transfers_a_trunk_call_to_a_desk_phone(
             trunk.reset_audio(call_t)
             await asyncio.to_thread(trunk.wait_tone, call_t, TONE_BOB, 10)
             await asyncio.to_thread(bob.wait_tone, call_b, TONE_TRUNK, 10)
-            await wait_until(lambda: not rtpengine.active_calls())  # no anchor needed now
+            await wait_until(lambda: not media.active_calls(node))  # no anchor needed now
             trunk.hangup(call_t)
             await asyncio.to_thread(bob.wait_call_state, call_b, "disconnected")
         finally:
@@ -327,7 +328,7 @@ def test_browser_agent_transfers_a_trunk_call_to_a_desk_phone(
 
 
 def test_desk_phone_transfers_a_trunk_call_to_a_browser_agent(
-    node: UcgateProcess, trunk: Softphone, bob: Softphone, rtpengine: Rtpengine
+    node: UcgateProcess, trunk: Softphone, bob: Softphone, media: MediaUnderTest
 ) -> None:
     """Pass-through before, anchored after: the transfer target's fork gets its own
     anchored session and the trunk is re-INVITEd toward the anchor."""
@@ -338,7 +339,7 @@ def test_desk_phone_transfers_a_trunk_call_to_a_browser_agent(
             call_t = trunk.make_call(f"sip:+15550102@{DOMAIN}")
             call_b = int((await asyncio.to_thread(bob.wait_incoming))["call"])
             await asyncio.to_thread(trunk.wait_tone, call_t, TONE_BOB, 10)
-            assert not rtpengine.active_calls()
+            assert not media.active_calls(node)
             bob.transfer(call_b, f"sip:alice@{DOMAIN}")
             invite = await alice.next_request("INVITE")
             assert parse_sdp(invite.body).media[0].proto == "UDP/TLS/RTP/SAVPF"
@@ -347,10 +348,10 @@ def test_desk_phone_transfers_a_trunk_call_to_a_browser_agent(
             trunk.reset_audio(call_t)
             await alice.wait_tone(TONE_TRUNK)
             await asyncio.to_thread(trunk.wait_tone, call_t, TONE_BROWSER, 10)
-            assert len(rtpengine.active_calls()) == 1
+            assert len(media.active_calls(node)) == 1
             trunk.hangup(call_t)
             await alice.next_request("BYE")
-            await wait_until(lambda: not rtpengine.active_calls())
+            await wait_until(lambda: not media.active_calls(node))
         finally:
             await alice.close()
 

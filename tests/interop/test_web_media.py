@@ -1,9 +1,12 @@
 """A browser agent (real headless Chromium running the /desk/ page and JsSIP) and a SIP
-trunk (a pjsua2 phone from the rig) on one call, media anchored by a real rtpengine.
+trunk (a pjsua2 phone from the rig) on one call, media anchored by each backend for real:
+an rtpengine daemon on free ports, and ucgate's embedded media workers.
 
 Chromium's fake microphone plays 1800 Hz, the trunk 600 Hz; the desk's WebAudio analyser
 and the trunk's Goertzel detector must each hear the other, before and after hold/resume,
-and a key pressed on the desk's keypad must reach the trunk as RFC 4733 telephone-event.
+and a key pressed on the desk's keypad must reach the trunk: as RFC 4733 telephone-event
+through rtpengine, as SIP INFO with the embedded backend (aiortc cannot negotiate
+telephone-event, so the desk falls back to INFO, which the B2BUA relays).
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from playwright.sync_api import Page, expect
 
 from sip_test_rig.media import DEFAULT_TONES
 from sip_test_rig.ports import free_port
-from sip_test_rig.rtpengine import Rtpengine
 from sip_test_rig.softphone_client import Softphone
 from tests.support.browser import Chromium, chromium_available, screenshot, wait_for_tone
+from tests.support.media_backends import BACKENDS, MediaUnderTest
 from tests.support.ucgate_process import Account, UcgateProcess
 
 pytestmark = [
@@ -35,16 +38,19 @@ PBX = Account("pbx1", "pbx1-Pa55word")
 TONE_TRUNK, TONE_BROWSER = DEFAULT_TONES[0], DEFAULT_TONES[2]  # 600 Hz, 1800 Hz
 
 
-@pytest.fixture
-def rtpengine(tmp_path: Path) -> Iterator[Rtpengine]:
-    with Rtpengine(tmp_path / "rtpengine") as engine:
-        yield engine
+@pytest.fixture(params=BACKENDS)
+def media(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MediaUnderTest]:
+    backend = MediaUnderTest.start(request.param, tmp_path)
+    try:
+        yield backend
+    finally:
+        backend.stop()
 
 
 @pytest.fixture
-def node(tmp_path: Path, rtpengine: Rtpengine) -> Iterator[UcgateProcess]:
+def node(tmp_path: Path, media: MediaUnderTest) -> Iterator[UcgateProcess]:
     http_port = free_port()
-    tail = f"""
+    tail = """
 [[dids]]
 number = "+15550100"
 target = "agent:alice"
@@ -54,10 +60,7 @@ trunk = "pbx1"
 [[queues]]
 id = "support"
 media = ["chat", "voice"]
-[media]
-backend = "rtpengine"
-rtpengine = "127.0.0.1:{rtpengine.ng_port}"
-"""
+""" + media.toml()
     n = UcgateProcess(
         tmp_path / "node",
         agents=[ALICE],
@@ -111,7 +114,7 @@ def open_desk(browser: Chromium, node: UcgateProcess) -> Page:
 
 
 def test_trunk_call_to_a_browser_agent_two_way_audio_hold_dtmf(
-    node: UcgateProcess, trunk: Softphone, chromium: Chromium, rtpengine: Rtpengine
+    node: UcgateProcess, trunk: Softphone, chromium: Chromium, media: MediaUnderTest
 ) -> None:
     desk = open_desk(chromium, node)
     call_t = trunk.make_call(f"sip:+15550100@{DOMAIN}")
@@ -119,7 +122,7 @@ def test_trunk_call_to_a_browser_agent_two_way_audio_hold_dtmf(
     desk.click("#answer")
     expect(desk.get_by_test_id("call-state")).to_have_text("confirmed")
     assert trunk.wait_call_state(call_t, "confirmed")["code"] == 200
-    assert len(rtpengine.active_calls()) == 1  # anchored: WebRTC on one side, RTP on the other
+    assert len(media.active_calls(node)) == 1  # anchored: WebRTC on one side, RTP on the other
 
     heard = wait_for_tone(desk, TONE_TRUNK)
     trunk.wait_tone(call_t, TONE_BROWSER, timeout=15)
@@ -129,8 +132,9 @@ def test_trunk_call_to_a_browser_agent_two_way_audio_hold_dtmf(
     desk.click("#keypad button[data-dtmf='5']")
     got = trunk.wait_call_event("dtmf_received", call_t, timeout=10)
     assert got["digit"] == "5", got
-    assert desk.evaluate("() => window.ucgateDesk.state().dtmfTransport") == "rfc4733"
-    assert got.get("method", "rfc4733") != "info", got
+    transport = desk.evaluate("() => window.ucgateDesk.state().dtmfTransport")
+    assert transport == ("rfc4733" if media.name == "rtpengine" else "info"), transport
+    assert (got.get("method") == "info") == (transport == "info"), got
 
     # Hold from the browser (JsSIP re-INVITE sendonly, rewritten by the anchor).
     desk.click("#hold")
@@ -153,7 +157,7 @@ def test_trunk_call_to_a_browser_agent_two_way_audio_hold_dtmf(
 
 
 def test_browser_agent_dials_out_through_the_trunk(
-    node: UcgateProcess, trunk: Softphone, chromium: Chromium, rtpengine: Rtpengine
+    node: UcgateProcess, trunk: Softphone, chromium: Chromium, media: MediaUnderTest
 ) -> None:
     desk = open_desk(chromium, node)
     desk.fill("#dial-target", "+15557654321")
@@ -168,7 +172,7 @@ def test_browser_agent_dials_out_through_the_trunk(
 
 
 def test_desk_call_customer_on_a_chat_rings_the_desk_then_the_customer_with_audio(
-    node: UcgateProcess, trunk: Softphone, chromium: Chromium, rtpengine: Rtpengine
+    node: UcgateProcess, trunk: Softphone, chromium: Chromium, media: MediaUnderTest
 ) -> None:
     """Elevation from the desk: a browser agent presses "Call customer" on a chat; ucgate
     rings the desk with the anchor's WebRTC side, then the customer through the trunk with

@@ -109,7 +109,7 @@ def test_example_documents_every_key() -> None:
         if model.__name__ not in skip
         for name in model.model_fields
         if not re.search(rf"^#? ?{name} = ", text, re.MULTILINE)
-        and not re.search(rf"^\[\[?{name}\]\]?$", text, re.MULTILINE)
+        and not re.search(rf"^\[\[?(?:[a-z_]+\.)?{name}\]\]?$", text, re.MULTILINE)
         and not re.search(rf"^#\s+{name}\s", text, re.MULTILINE)
     ]
     assert missing == []

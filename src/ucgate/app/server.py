@@ -398,7 +398,7 @@ async def start_node(config: UcgateConfig) -> Node:
         node_id=node_id,
         to_tag=new_tag,
     )
-    anchor = build_anchor(config.media)
+    anchor = build_anchor(config)
     if anchor is not None:
         await anchor.start(calls.media_lost)
         calls.media = anchor
@@ -457,6 +457,7 @@ async def start_node(config: UcgateConfig) -> Node:
             calls=records,
             sessions=sessions,
             web_setup=web_setup,
+            media=calls.media,
         ),
         access_log=None,
     )

@@ -21,6 +21,7 @@ from ucgate.http.presence_api import (
     api_errors,
 )
 from ucgate.http.sessions_api import add_sessions_routes
+from ucgate.media.anchor import MediaAnchor
 from ucgate.presence.model import BUILTIN_STATUSES, StatusDef
 from ucgate.sessions.service import SessionService
 from ucgate.store.location import LocationStore
@@ -29,6 +30,8 @@ from ucgate.web.routes import WebSetup, add_web_routes
 STORE_KEY = web.AppKey("store", LocationStore)
 OPENAPI_KEY = web.AppKey("openapi", bytes)
 STREAM_HUB_KEY = web.AppKey("stream_hub", StreamHub)
+# The media anchor, or None (AppKey types must be classes: the Protocol, looked up as object).
+MEDIA_KEY: web.AppKey[MediaAnchor | None] = web.AppKey("media")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -37,6 +40,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def openapi_json(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI_KEY], content_type="application/json")
+
+
+@require(ADMIN)
+async def media_stats(request: web.Request) -> web.Response:
+    """The media anchor's counters: anchored sessions, workers (embedded), backend."""
+    anchor = request.app[MEDIA_KEY]
+    body: dict[str, object] = {"backend": "none", "sessions": 0}
+    if anchor is not None:
+        body = anchor.stats()
+    return web.json_response(body)
 
 
 @require(ADMIN)
@@ -75,6 +88,7 @@ def build_app(
     calls: CallRecordStore | None = None,
     sessions: SessionService | None = None,
     web_setup: WebSetup | None = None,
+    media: MediaAnchor | None = None,
 ) -> web.Application:
     """The HTTP app. With ``presence`` (a started ``PresenceService``) the /v1/presence
     routes are mounted; ``statuses`` is the same status table the service was given.
@@ -85,6 +99,8 @@ def build_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/v1/registrations", list_registrations)
+    app[MEDIA_KEY] = media
+    app.router.add_get("/v1/media", media_stats)
     if presence is not None:
         app[STREAM_HUB_KEY] = add_presence_routes(
             app, presence, statuses=statuses, settings=stream_settings

@@ -190,6 +190,29 @@ def build_openapi(
                 errors={"503": "The location store is unavailable."},
             )
         },
+        "/v1/media": {
+            "get": _operation(
+                "getMediaStats",
+                "The media anchor's counters (backend, anchored sessions, workers)",
+                scopes=(ADMIN,),
+                ok=_json(
+                    {
+                        "type": "object",
+                        "required": ["backend", "sessions"],
+                        "properties": {
+                            "backend": {
+                                "type": "string",
+                                "enum": ["none", "embedded", "rtpengine"],
+                            },
+                            "sessions": {"type": "integer", "minimum": 0},
+                        },
+                        "additionalProperties": True,
+                    },
+                    "Counters of the configured backend.",
+                ),
+                errors={},
+            )
+        },
     }
     if presence:
         paths.update(_presence_paths())

@@ -136,6 +136,7 @@ async def test_every_route_is_documented_and_nothing_else(
     assert app_routes(client.server.app) == documented
     assert {p for p, _ in documented if p.startswith("/v1")} == {
         "/v1/registrations",
+        "/v1/media",
         "/v1/presence",
         "/v1/presence/{agent}",
         "/v1/presence/{agent}/status",
@@ -248,4 +249,4 @@ async def test_walk_every_operation_checks_documented_codes(
                 schemas.SnapshotEvent.model_validate_json(data_line[len("data: ") :])
                 response.close()
         walked += 1
-    assert walked == 7
+    assert walked == 8
