@@ -136,6 +136,12 @@ def test_trunk_calls_browser_agent_two_way_audio_hold_resume(
             trunk.dial_dtmf(call_t, "5", method="info")
             info = await alice.next_request("INFO")
             assert b"Signal=5" in info.body or b"Signal= 5" in info.body, info.body
+            if media.name == "embedded":
+                # RFC 4733 from the trunk reaches a browser that has no telephone-event
+                # (aiortc) as INFO generated from the worker's DTMF event.
+                trunk.dial_dtmf(call_t, "7")
+                info = await alice.next_request("INFO")
+                assert b"Signal=7" in info.body, info.body
 
             # Hold from the trunk (RFC 3264 §8.4): the browser gets the re-offer through
             # the anchor, still sendonly from the holder's side, and answers it.

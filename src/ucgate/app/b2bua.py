@@ -702,6 +702,8 @@ class CallManager:
         elif isinstance(event, InfoReceived):
             if call.pin is not None and leg is call.a:
                 self._pin_key(call, event.request)
+            elif self._dtmf_to_rtp(call, leg, event.request):
+                pass
             else:
                 self._relay(call, leg, event.request)
         elif isinstance(event, OptionsReceived | NotifyReceived):
@@ -1153,6 +1155,54 @@ class CallManager:
                 elif call.b is not None and (call.a in lost or call.b in lost):
                     self._hangup(call, EndReason.FAILED)
                 self._forget_if_done(call)
+
+    def _dtmf_to_rtp(self, call: Call, leg: Leg, info: Request) -> bool:
+        """A browser's key press as SIP INFO on an anchored call: the anchor sends it to
+        the RTP side as RFC 4733 (what trunks expect) when it can; True when taken."""
+        key = self._media_key(call)
+        sender = getattr(self.media, "send_dtmf", None)
+        if key is None or sender is None or leg.profile is not MediaProfile.WEBRTC:
+            return False
+        digit = dtmf_digit(info.headers.get("Content-Type"), info.body)
+        if digit is None:
+            return False
+        self._spawn(self._dtmf_to_rtp_async(call, leg, info, key, digit, sender))
+        return True
+
+    async def _dtmf_to_rtp_async(
+        self,
+        call: Call,
+        leg: Leg,
+        info: Request,
+        key: MediaKey,
+        digit: str,
+        sender: Callable[[MediaKey, str], Awaitable[bool]],
+    ) -> None:
+        sent = await sender(key, digit)
+        with contextlib.suppress(LocalProtocolError):
+            if sent:
+                self._respond(leg, info, 200)
+            elif not leg.session.terminated:
+                self._relay(call, leg, info)
+
+    def media_dtmf(self, key: MediaKey, digit: str) -> None:
+        """The anchor heard an RFC 4733 key from the RTP side: browsers that could not
+        negotiate telephone-event with it get the key as SIP INFO (application/dtmf-relay,
+        which JsSIP and SIP.js report as DTMF)."""
+        call = self.calls.get(key.call_id)
+        if call is None or call.ended:
+            return
+        for leg in (call.a, call.b):
+            if leg is None or leg.profile is not MediaProfile.WEBRTC or leg.session.terminated:
+                continue
+            with contextlib.suppress(LocalProtocolError):
+                info = leg.session.create_request(
+                    "INFO",
+                    body=f"Signal={digit}\r\nDuration=160\r\n".encode(),
+                    content_type="application/dtmf-relay",
+                    now=self.now(),
+                )
+                self._send_in_dialog(call, leg, info)
 
     def _anchored(self, call: Call) -> bool:
         return any(leg.media is not None for leg in call.legs())

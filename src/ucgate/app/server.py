@@ -28,6 +28,7 @@ from ucgate.calls.record_store_redis import RedisCallRecordStore
 from ucgate.config import UcgateConfig
 from ucgate.http.api import build_app
 from ucgate.http.auth import ApiKeys
+from ucgate.media.embedded import EmbeddedAnchor
 from ucgate.media.factory import build_anchor
 from ucgate.presence.model import StatusDef, status_table
 from ucgate.presence.service import PresenceService
@@ -399,6 +400,8 @@ async def start_node(config: UcgateConfig) -> Node:
         to_tag=new_tag,
     )
     anchor = build_anchor(config)
+    if isinstance(anchor, EmbeddedAnchor):
+        anchor.on_dtmf = calls.media_dtmf  # RFC 4733 from trunks, for browsers as INFO
     if anchor is not None:
         await anchor.start(calls.media_lost)
         calls.media = anchor

@@ -330,6 +330,19 @@ class EmbeddedAnchor:
             raise MediaError(500, "answer for an unknown media session")
         return await self._sdp_op(Op.ANSWER, key, side, sdp, toward)
 
+    async def send_dtmf(self, key: MediaKey, digit: str) -> bool:
+        """Send a key to the RTP side as RFC 4733; False when that side cannot take it."""
+        wid = self.book.worker_of(key)
+        proc = self._procs.get(wid) if wid is not None else None
+        if proc is None:
+            return False
+        args = {"call_id": key.call_id, "branch": key.branch, "digit": digit}
+        try:
+            result = await self._request(proc, Op.DTMF, args)
+        except MediaError:
+            return False
+        return bool(result.get("sent"))
+
     async def delete(self, key: MediaKey) -> None:
         wid = self.book.release(key)
         proc = self._procs.get(wid) if wid is not None else None

@@ -42,6 +42,8 @@ class Op(enum.Enum):
     PING = "ping"
     STATS = "stats"
     SHUTDOWN = "shutdown"
+    # Send one key toward the RTP peer as RFC 4733 telephone-event packets.
+    DTMF = "dtmf"
 
 
 class EventKind(enum.Enum):

@@ -75,6 +75,7 @@ log = structlog.get_logger("ucgate.media.worker")
 
 RATE = 8000
 SAMPLES = 160  # 20 ms at 8 kHz (RFC 3551 §4.5: G.711 default packetisation)
+_DTMF_EVENTS = "0123456789*#ABCD"  # RFC 4733 §3.2: event codes 0-15
 TIME_BASE = fractions.Fraction(1, RATE)
 #: Decoded RTP frames waiting for the WebRTC track: more means latency grows, so the
 #: oldest is dropped (a poor man's jitter buffer: the peers' clocks drift apart).
@@ -193,6 +194,8 @@ class Session:
         self.encoder: PcmuEncoder | PcmaEncoder | None = None
         self.decoders: dict[int, PcmuDecoder | PcmaDecoder] = {}
         self.dtmf: DtmfReceiver | None = None
+        # The telephone-event payload type the RTP peer negotiated (None: it did not).
+        self.te_pt: int | None = None
         self.ssrc = secrets.randbits(32)
         self.seq = secrets.randbits(16)
         self.timestamp = secrets.randbits(32)
@@ -293,6 +296,7 @@ class Session:
             self.dtmf = DtmfReceiver(frozenset({params.telephone_event}))
         else:
             self.dtmf = None
+        self.te_pt = params.telephone_event
 
     def _update_gates(self) -> None:
         self.to_rtp = sends(self.webrtc_dir) and receives(self.rtp_dir)
@@ -358,6 +362,36 @@ class Session:
                     self.timestamp = (self.timestamp + SAMPLES) & 0xFFFFFFFF
                     transport.sendto(packet.serialize(), remote)
                     self.packets_out += 1
+
+    async def send_dtmf(self, digit: str, duration_ms: int = 160) -> bool:
+        """One key toward the RTP peer as RFC 4733 events: the first packet marked
+        (§2.5.1.1), repeats every 20 ms with a growing duration, and the end packet sent
+        three times (§2.5.1.4), all with the event's start timestamp. False when the peer
+        did not negotiate telephone-event (the caller then relays SIP INFO instead)."""
+        pt, remote, transport = self.te_pt, self.remote, self.rtp_transport
+        if pt is None or remote is None or transport is None or not receives(self.rtp_dir):
+            return False
+        event = _DTMF_EVENTS.index(digit)
+        start = self.timestamp
+        steps = max(1, duration_ms // 20)
+        for i in range(steps + 3):
+            end = i >= steps
+            duration = SAMPLES * min(i + 1, steps)
+            payload = bytes([event, (0x80 if end else 0) | 10]) + duration.to_bytes(2, "big")
+            packet = RtpPacket(
+                payload_type=pt,
+                marker=1 if i == 0 else 0,
+                sequence_number=self.seq,
+                timestamp=start,
+                ssrc=self.ssrc,
+                payload=payload,
+            )
+            self.seq = (self.seq + 1) & 0xFFFF
+            transport.sendto(packet.serialize(), remote)
+            if i < steps:
+                await asyncio.sleep(0.02)  # the event's own 20 ms packet clock
+        self.log.info("media.dtmf_sent", digit=digit)
+        return True
 
     async def close(self) -> None:
         for task in list(self.tasks):
@@ -429,6 +463,12 @@ class Worker:
             self.stopping.set()
             return {}
         key = MediaKey(str(args["call_id"]), str(args["branch"]))
+        if request.op is Op.DTMF:
+            found = self.sessions.get(key)
+            digit = str(args.get("digit", ""))
+            if found is None or len(digit) != 1 or digit not in _DTMF_EVENTS:
+                raise MediaError(400, "unknown session or key")
+            return {"sent": await found.send_dtmf(digit)}
         if request.op is Op.DELETE:
             session = self.sessions.pop(key, None)
             if session is not None:
