@@ -210,8 +210,9 @@ class UcgateProcess:
         assert isinstance(body, dict)
         return {r["aor"]: r["contacts"] for r in body["registrations"]}
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM (a clean shutdown flushes state), SIGKILL if it does not exit in time."""
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM (a clean shutdown flushes state), SIGKILL if it does not exit in time;
+        then the end of its log goes to stderr, so a hung shutdown shows where it hung."""
         proc = self.proc
         if proc is None:
             return None
@@ -224,5 +225,10 @@ class UcgateProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=timeout)
+                tail = "\n".join(self.raw_log().splitlines()[-40:])
+                print(
+                    f"ucgate {self.workdir} ignored SIGTERM for {timeout}s:\n{tail}",
+                    file=sys.stderr,
+                )
         self.proc = None
         return proc.returncode

@@ -9,6 +9,7 @@ import os
 import secrets
 import ssl
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,35 +128,54 @@ class Node:
     tasks: list[asyncio.Task[None]]
 
     async def close(self) -> None:
+        started = time.monotonic()
+        try:
+            await self._close()
+        finally:
+            log.info("ucgate.closed", seconds=round(time.monotonic() - started, 3))
+
+    async def _close(self) -> None:
         # Stop taking new work, finish what is in flight, then persist: a restart must find
         # every binding we acknowledged.
         # Calls in progress get their BYEs while the transports are still open.
-        await self.calls.close()
+        await _timed("calls.close", self.calls.close())
         if self.calls.media is not None:
-            await self.calls.media.close()
-        await self.hub.close()
-        await self.app.drain()
+            await _timed("calls.media.close", self.calls.media.close())
+        await _timed("hub.close", self.hub.close())
+        await _timed("app.drain", self.app.drain())
         if self.calls.tracker is not None:
-            await self.calls.tracker.close()
-        await self.presence_sip.close()
+            await _timed("calls.tracker.close", self.calls.tracker.close())
+        await _timed("presence_sip.close", self.presence_sip.close())
         self.runtime.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.http_runner.cleanup()
-        await self.glue.close()
-        await self.sessions.stop()
-        await self.session_store.close()
+        await _timed("http_runner.cleanup", self.http_runner.cleanup())
+        await _timed("glue.close", self.glue.close())
+        await _timed("sessions.stop", self.sessions.stop())
+        await _timed("session_store.close", self.session_store.close())
         if self.webhooks is not None:
-            await self.webhooks.close()
-            await self.webhooks.outbox.close()
-        await self.presence.close()
-        await self.presence_store.close()
+            await _timed("webhooks.close", self.webhooks.close())
+            await _timed("webhooks.outbox.close", self.webhooks.outbox.close())
+        await _timed("presence.close", self.presence.close())
+        await _timed("presence_store.close", self.presence_store.close())
         if self.calls.tracker is not None:
-            await self.calls.tracker.records.close()
-        await self.store.close()
+            await _timed("calls.tracker.records.close", self.calls.tracker.records.close())
+        await _timed("store.close", self.store.close())
+
+
+_STARTUP_TRIES = 5
+
+
+async def _timed(step: str, work: Awaitable[object]) -> None:
+    """Await one shutdown step; a slow one is logged (a hung shutdown says where)."""
+    started = time.monotonic()
+    await work
+    seconds = time.monotonic() - started
+    if seconds > 1.0:
+        log.warning("ucgate.close_slow", step=step, seconds=round(seconds, 3))
 
 
 async def _sweep_expired(store: LocationStore, registrar: RegistrarService) -> None:
@@ -360,9 +380,18 @@ async def start_node(config: UcgateConfig) -> Node:
     # nodes); presence only mirrors it, so rebuild the mirror before taking traffic.
     now = time.time()
     for agent in config.agents:
-        await presence.sync_devices(
-            agent.id, await store.lookup(f"sip:{agent.id}@{config.sip.domain}", now)
-        )
+        aor = f"sip:{agent.id}@{config.sip.domain}"
+        # Start-up is not latency-bound: a store that is slow for a moment (its per-call
+        # timeout is for live traffic) gets a few tries before the node gives up.
+        for attempt in range(_STARTUP_TRIES):
+            try:
+                await presence.sync_devices(agent.id, await store.lookup(aor, now))
+                break
+            except StoreUnavailable:
+                if attempt + 1 == _STARTUP_TRIES:
+                    raise
+                log.warning("ucgate.startup_store_retry", agent=agent.id, attempt=attempt + 1)
+                await asyncio.sleep(0.5 * (attempt + 1))  # back-off between start-up tries
     registrar.listeners.append(presence.on_bindings_changed)
     pcfg = config.presence
     via_host = config.sip.advertised_host or first.host
