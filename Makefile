@@ -3,7 +3,7 @@
 #   make run            serve config/ucgate.toml on 127.0.0.1 (SIP 5060, HTTP 8080)
 #   make test           system packages, lint, type check, whole test suite (what CI runs)
 #   make test-unit      fast tests only          make test-interop   real peers only
-#   make lint | typecheck | bench-register | clean | distclean
+#   make lint | typecheck | bench-register | bench-media | clean | distclean
 #   make web-vendor     re-vendor JsSIP for the pages (needs node + npm; output is committed)
 
 SHELL := /bin/bash
@@ -29,7 +29,7 @@ SYSTEM_COMMANDS := redis-server:redis-server sipp:sip-tester kamailio:kamailio \
 SYSTEM_PACKAGES := kamailio-presence-modules
 
 .PHONY: help venv run deps-system test lint typecheck test-unit test-interop \
-        bench-register clean distclean web-vendor
+        bench-register bench-media clean distclean web-vendor
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -110,6 +110,13 @@ test-interop: venv deps-system
 
 bench-register: venv deps-system
 	bash bench/register/run.sh
+
+# WebRTC<->SIP bridged calls per media backend next to Janus (needs janus; ~30 min).
+bench-media: venv deps-system
+	@command -v janus >/dev/null || { [ "$$(id -u)" -eq 0 ] && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends janus; } || \
+	  echo "janus missing (apt-get install janus): the reference column will be empty" >&2
+	bash bench/media/run.sh
 
 # The pages load JsSIP as one classic script. npm ci installs the versions pinned in
 # web/package-lock.json, esbuild bundles JsSIP's CommonJS build into an IIFE (global JsSIP),

@@ -35,6 +35,13 @@ def _free_udp_port() -> int:
         return port
 
 
+def _free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def _answers_ping(port: int, timeout: float) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
@@ -76,6 +83,10 @@ class Rtpengine:
                 self.proc = subprocess.Popen(
                     [
                         exe,
+                        # Not /etc/rtpengine/rtpengine.conf: Debian's fixes the CLI and HTTP
+                        # ports (2224, 2225), so a second instance would exit at once.
+                        "--config-file=none",
+                        f"--listen-cli={LOOPBACK}:{_free_tcp_port()}",
                         "--foreground",
                         "--log-stderr",
                         "--table=-1",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
+from tests.support.media_backends import BACKENDS, MediaUnderTest
 from tests.support.redis_server import RedisServer, RedisServerError
 
 
@@ -32,3 +34,13 @@ def redis_url(redis_server: str) -> Iterator[str]:
     with redis.Redis.from_url(redis_server, socket_timeout=5) as client:
         client.flushdb()
     yield redis_server
+
+
+@pytest.fixture(params=BACKENDS)
+def media(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MediaUnderTest]:
+    """A media backend, for real: a test that takes it runs once per backend."""
+    backend = MediaUnderTest.start(request.param, tmp_path)
+    try:
+        yield backend
+    finally:
+        backend.stop()

@@ -20,7 +20,8 @@ import pytest
 from sip_test_rig.media import DEFAULT_TONES
 from sip_test_rig.ports import free_port
 from sip_test_rig.softphone_client import Softphone
-from tests.support.media_backends import BACKENDS, MediaUnderTest
+from tests.support.media_backends import MediaUnderTest
+from tests.support.phones import registered_phone
 from tests.support.ucgate_process import Account, UcgateProcess
 from tests.support.webrtc_phone import WebRtcPhone
 from ucgate.sip.sdp import parse_sdp
@@ -32,15 +33,6 @@ ALICE = Account("alice", "alice-Pa55word")
 BOB = Account("bob", "bob-Pa55word")
 PBX = Account("pbx1", "pbx1-Pa55word")
 TONE_TRUNK, TONE_BROWSER, TONE_BOB = DEFAULT_TONES[0], DEFAULT_TONES[2], DEFAULT_TONES[3]
-
-
-@pytest.fixture(params=BACKENDS)
-def media(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MediaUnderTest]:
-    backend = MediaUnderTest.start(request.param, tmp_path)
-    try:
-        yield backend
-    finally:
-        backend.stop()
 
 
 @pytest.fixture
@@ -72,21 +64,8 @@ ring_timeout = 15
 
 @pytest.fixture
 def trunk(node: UcgateProcess) -> Iterator[Softphone]:
-    phone = Softphone(tone=TONE_TRUNK).start()
-    try:
-        account = phone.register(
-            server=f"127.0.0.1:{node.sip_port}",
-            user=PBX.id,
-            password=PBX.password,
-            domain=DOMAIN,
-            proxy=True,
-            auto_answer=200,
-            answer_delay_ms=100,
-        )
-        assert phone.wait_reg_state(account=account, timeout=10)["code"] == 200
-        yield phone
-    finally:
-        phone.stop()
+    with registered_phone(node, PBX, tone=TONE_TRUNK, auto_answer=200, answer_delay_ms=100) as p:
+        yield p
 
 
 async def browser(node: UcgateProcess) -> WebRtcPhone:
@@ -289,21 +268,8 @@ def test_browser_agent_elevates_chat_to_a_call_with_the_customer(
 
 @pytest.fixture
 def bob(node: UcgateProcess) -> Iterator[Softphone]:
-    phone = Softphone(tone=TONE_BOB).start()
-    try:
-        account = phone.register(
-            server=f"127.0.0.1:{node.sip_port}",
-            user=BOB.id,
-            password=BOB.password,
-            domain=DOMAIN,
-            proxy=True,
-            auto_answer=200,
-            answer_delay_ms=100,
-        )
-        assert phone.wait_reg_state(account=account, timeout=10)["code"] == 200
-        yield phone
-    finally:
-        phone.stop()
+    with registered_phone(node, BOB, tone=TONE_BOB, auto_answer=200, answer_delay_ms=100) as p:
+        yield p
 
 
 def test_browser_agent_transfers_a_trunk_call_to_a_desk_phone(

@@ -22,6 +22,7 @@ from sip_test_rig.media import DEFAULT_TONES
 from sip_test_rig.ports import free_port
 from sip_test_rig.procs import children_of
 from sip_test_rig.softphone_client import Softphone
+from tests.support.phones import registered_phone
 from tests.support.rtp_tone import RtpToneEndpoint
 from tests.support.ucgate_process import Account, UcgateProcess
 from tests.support.webrtc_peer import WebRtcPeer
@@ -404,21 +405,8 @@ def _alive(pid: int, timeout: float) -> bool:
 
 @pytest.fixture
 def sip_trunk(node: UcgateProcess) -> Iterator[Softphone]:
-    phone = Softphone(tone=TONE_TRUNK).start()
-    try:
-        account = phone.register(
-            server=f"127.0.0.1:{node.sip_port}",
-            user=PBX.id,
-            password=PBX.password,
-            domain=DOMAIN,
-            proxy=True,
-            auto_answer=200,
-            answer_delay_ms=100,
-        )
-        assert phone.wait_reg_state(account=account, timeout=10)["code"] == 200
-        yield phone
-    finally:
-        phone.stop()
+    with registered_phone(node, PBX, tone=TONE_TRUNK, auto_answer=200, answer_delay_ms=100) as p:
+        yield p
 
 
 async def ws_browser(node: UcgateProcess) -> WebRtcPhone:

@@ -23,7 +23,8 @@ from sip_test_rig.media import DEFAULT_TONES
 from sip_test_rig.ports import free_port
 from sip_test_rig.softphone_client import Softphone
 from tests.support.browser import Chromium, chromium_available, screenshot, wait_for_tone
-from tests.support.media_backends import BACKENDS, MediaUnderTest
+from tests.support.media_backends import MediaUnderTest
+from tests.support.phones import registered_phone
 from tests.support.ucgate_process import Account, UcgateProcess
 
 pytestmark = [
@@ -36,15 +37,6 @@ DOMAIN = "example.test"
 ALICE = Account("alice", "alice-Pa55word")
 PBX = Account("pbx1", "pbx1-Pa55word")
 TONE_TRUNK, TONE_BROWSER = DEFAULT_TONES[0], DEFAULT_TONES[2]  # 600 Hz, 1800 Hz
-
-
-@pytest.fixture(params=BACKENDS)
-def media(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MediaUnderTest]:
-    backend = MediaUnderTest.start(request.param, tmp_path)
-    try:
-        yield backend
-    finally:
-        backend.stop()
 
 
 @pytest.fixture
@@ -77,21 +69,8 @@ media = ["chat", "voice"]
 
 @pytest.fixture
 def trunk(node: UcgateProcess) -> Iterator[Softphone]:
-    phone = Softphone(tone=TONE_TRUNK).start()
-    try:
-        account = phone.register(
-            server=f"127.0.0.1:{node.sip_port}",
-            user=PBX.id,
-            password=PBX.password,
-            domain=DOMAIN,
-            proxy=True,
-            auto_answer=200,
-            answer_delay_ms=100,
-        )
-        assert phone.wait_reg_state(account=account, timeout=10)["code"] == 200
-        yield phone
-    finally:
-        phone.stop()
+    with registered_phone(node, PBX, tone=TONE_TRUNK, auto_answer=200, answer_delay_ms=100) as p:
+        yield p
 
 
 @pytest.fixture
