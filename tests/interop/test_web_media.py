@@ -22,14 +22,13 @@ from playwright.sync_api import Page, expect
 from sip_test_rig.media import DEFAULT_TONES
 from sip_test_rig.ports import free_port
 from sip_test_rig.softphone_client import Softphone
-from tests.support.browser import Chromium, chromium_available, screenshot, wait_for_tone
+from tests.support.browser import Chromium, screenshot, wait_for_tone
 from tests.support.media_backends import MediaUnderTest
 from tests.support.phones import registered_phone
 from tests.support.ucgate_process import Account, UcgateProcess
 
 pytestmark = [
     pytest.mark.interop,
-    pytest.mark.skipif(not chromium_available(), reason="needs /usr/bin/chromium"),
     pytest.mark.timeout(240),
 ]
 

@@ -25,7 +25,6 @@ from playwright.sync_api import Page, expect
 from sip_test_rig.ports import free_port
 from tests.support.browser import (
     Chromium,
-    chromium_available,
     screenshot,
     wait_for_silence_or_other,
     wait_for_tone,
@@ -37,7 +36,6 @@ from ucgate.sip.parser import parse_message
 
 pytestmark = [
     pytest.mark.interop,
-    pytest.mark.skipif(not chromium_available(), reason="needs /usr/bin/chromium"),
     pytest.mark.timeout(240),
 ]
 

@@ -120,6 +120,10 @@ class Chromium:
     console: list[str] = field(default_factory=list)
 
     def start(self, timeout: float = 30.0) -> Chromium:
+        if not chromium_available():
+            # Fail, never skip: the browser tests are what proves the pages and WebRTC
+            # media work, and `make test` installs Debian's chromium.
+            raise RuntimeError(f"{CHROMIUM} not found; install it (apt-get install chromium)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         profile = Path(tempfile.mkdtemp(prefix="profile-", dir=self.workdir))
         args = [
