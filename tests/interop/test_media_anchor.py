@@ -22,6 +22,7 @@ from sip_test_rig.ports import free_port
 from sip_test_rig.softphone_client import Softphone
 from tests.support.media_backends import MediaUnderTest
 from tests.support.phones import registered_phone
+from tests.support.rest import api
 from tests.support.ucgate_process import Account, UcgateProcess
 from tests.support.webrtc_phone import WebRtcPhone
 from ucgate.sip.sdp import parse_sdp
@@ -194,17 +195,6 @@ def test_browser_tab_closed_mid_call_ends_it_at_once(
         assert doc["voice"] == "offline", doc
 
     asyncio.run(scenario())
-
-
-async def api(node: UcgateProcess, method: str, path: str, body: object = None) -> tuple[int, dict]:
-    headers = {"Authorization": f"Bearer {node.api_key}"}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.request(
-            method, f"http://127.0.0.1:{node.http_port}{path}", json=body, headers=headers
-        ) as resp,
-    ):
-        return resp.status, await resp.json()
 
 
 def test_browser_agent_elevates_chat_to_a_call_with_the_customer(

@@ -14,6 +14,7 @@ import pytest
 
 from sip_test_rig.media import DEFAULT_TONES
 from sip_test_rig.softphone_client import Softphone
+from tests.support.rest import api
 from tests.support.ucgate_process import Account, UcgateProcess
 
 pytestmark = pytest.mark.interop
@@ -53,17 +54,6 @@ def phones() -> Iterator[tuple[Softphone, Softphone]]:
     finally:
         for phone in started:
             phone.stop()
-
-
-async def api(node: UcgateProcess, method: str, path: str, body: object = None) -> tuple[int, dict]:
-    headers = {"Authorization": f"Bearer {node.api_key}"}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.request(
-            method, f"http://127.0.0.1:{node.http_port}{path}", json=body, headers=headers
-        ) as resp,
-    ):
-        return resp.status, await resp.json()
 
 
 async def wait_event(node: UcgateProcess, ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict:
