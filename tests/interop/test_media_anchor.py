@@ -10,11 +10,9 @@ rtpengine daemon on free ports, and ucgate's embedded media workers.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from sip_test_rig.media import DEFAULT_TONES
@@ -22,7 +20,7 @@ from sip_test_rig.ports import free_port
 from sip_test_rig.softphone_client import Softphone
 from tests.support.media_backends import MediaUnderTest
 from tests.support.phones import registered_phone
-from tests.support.rest import api
+from tests.support.rest import accepted_chat, api
 from tests.support.ucgate_process import Account, UcgateProcess
 from tests.support.webrtc_phone import WebRtcPhone
 from ucgate.sip.sdp import parse_sdp
@@ -206,38 +204,17 @@ def test_browser_agent_elevates_chat_to_a_call_with_the_customer(
 
     async def scenario() -> None:
         alice = await browser(node)
-        url = f"http://127.0.0.1:{node.http_port}/v1/events"
-        headers = {"Authorization": f"Bearer {node.api_key}"}
         try:
-            async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
-                status, session = await api(
-                    node,
-                    "POST",
-                    "/v1/sessions",
-                    {
-                        "customer": {"id": "c-9", "phone": "+15557654321"},
-                        "media": "chat",
-                        "queue": "support",
-                    },
-                )
-                assert status == 201, session
-                while (msg := json.loads((await ws.receive(timeout=15)).data))["type"] != (
-                    "offer_made"
-                ):
-                    pass
-                assert msg["agent"] == "alice"
-                sid, chat = session["id"], msg["channel_id"]
-                status, body = await api(
-                    node, "POST", f"/v1/sessions/{sid}/channels/{chat}/accept", {"agent": "alice"}
-                )
-                assert status == 200, body
-                status, body = await api(
-                    node,
-                    "POST",
-                    f"/v1/sessions/{sid}/channels",
-                    {"media": "voice", "to": "+15557654321"},
-                )
-                assert status in (200, 201), body
+            session, offer = await accepted_chat(node, {"id": "c-9", "phone": "+15557654321"})
+            assert offer["agent"] == "alice", offer
+            sid = session["id"]
+            status, body = await api(
+                node,
+                "POST",
+                f"/v1/sessions/{sid}/channels",
+                {"media": "voice", "to": "+15557654321"},
+            )
+            assert status in (200, 201), body
             invite = await alice.next_request("INVITE")  # the agent's browser rings first
             assert parse_sdp(invite.body).media[0].proto == "UDP/TLS/RTP/SAVPF"
             await alice.answer(invite)

@@ -5,16 +5,14 @@ and the chat stays open the whole time."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from sip_test_rig.media import DEFAULT_TONES
 from sip_test_rig.softphone_client import Softphone
-from tests.support.rest import api
+from tests.support.rest import accepted_chat, api
 from tests.support.ucgate_process import Account, UcgateProcess
 
 pytestmark = pytest.mark.interop
@@ -56,13 +54,6 @@ def phones() -> Iterator[tuple[Softphone, Softphone]]:
             phone.stop()
 
 
-async def wait_event(node: UcgateProcess, ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict:
-    while True:
-        msg = json.loads((await ws.receive(timeout=15)).data)
-        if msg.get("type") == kind:
-            return msg
-
-
 def test_chat_elevated_to_voice_with_the_same_agent(
     node: UcgateProcess, phones: tuple[Softphone, Softphone]
 ) -> None:
@@ -82,38 +73,22 @@ def test_chat_elevated_to_voice_with_the_same_agent(
         assert phone.wait_reg_state(account=account, timeout=10)["code"] == 200
 
     async def scenario() -> tuple[dict, dict]:
-        url = f"http://127.0.0.1:{node.http_port}/v1/events"
-        headers = {"Authorization": f"Bearer {node.api_key}"}
-        async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
-            status, session = await api(
-                node,
-                "POST",
-                "/v1/sessions",
-                {
-                    "customer": {"id": "c-1", "phone": "+15557654321"},
-                    "media": "chat",
-                    "queue": "support",
-                    "context": {"order": "A-1001", "ivr_path": ["billing"]},
-                },
-            )
-            assert status == 201, session
-            offer = await wait_event(node, ws, "offer_made")
-            assert offer["agent"] == "alice"
-            # The offer carries the self-service context: no repeating for the customer.
-            assert offer["session"]["context"]["order"] == "A-1001"
-            sid, chat = session["id"], offer["channel_id"]
-            status, body = await api(
-                node, "POST", f"/v1/sessions/{sid}/channels/{chat}/accept", {"agent": "alice"}
-            )
-            assert status == 200, body
-            status, body = await api(
-                node,
-                "POST",
-                f"/v1/sessions/{sid}/channels",
-                {"media": "voice", "to": "+15557654321"},
-            )
-            assert status in (200, 201), body
-            return session, body
+        session, offer = await accepted_chat(
+            node,
+            {"id": "c-1", "phone": "+15557654321"},
+            context={"order": "A-1001", "ivr_path": ["billing"]},
+        )
+        assert offer["agent"] == "alice"
+        # The offer carries the self-service context: no repeating for the customer.
+        assert offer["session"]["context"]["order"] == "A-1001"
+        status, body = await api(
+            node,
+            "POST",
+            f"/v1/sessions/{session['id']}/channels",
+            {"media": "voice", "to": "+15557654321"},
+        )
+        assert status in (200, 201), body
+        return session, body
 
     session, _ = asyncio.run(scenario())
     call_alice = int(alice.wait_incoming()["call"])  # the agent's phone rings first
@@ -180,30 +155,8 @@ def test_queued_call_with_the_session_header_rings_the_agent_of_the_chat(
             assert phone.wait_reg_state(account=account, timeout=10)["code"] == 200
 
         async def chat() -> tuple[str, str]:
-            url = f"http://127.0.0.1:{node.http_port}/v1/events"
-            headers = {"Authorization": f"Bearer {node.api_key}"}
-            async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
-                status, session = await api(
-                    node,
-                    "POST",
-                    "/v1/sessions",
-                    {
-                        "customer": {"id": "c-2", "phone": "+15551230000"},
-                        "media": "chat",
-                        "queue": "support",
-                    },
-                )
-                assert status == 201, session
-                offer = await wait_event(node, ws, "offer_made")
-                sid, cid = session["id"], offer["channel_id"]
-                status, body = await api(
-                    node,
-                    "POST",
-                    f"/v1/sessions/{sid}/channels/{cid}/accept",
-                    {"agent": offer["agent"]},
-                )
-                assert status == 200, body
-                return sid, offer["agent"]
+            session, offer = await accepted_chat(node, {"id": "c-2", "phone": "+15551230000"})
+            return session["id"], offer["agent"]
 
         sid, chat_agent = asyncio.run(chat())
         agent_phone, tone = (

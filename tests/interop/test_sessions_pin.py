@@ -5,16 +5,14 @@ session, with real audio."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from sip_test_rig.media import DEFAULT_TONES
 from sip_test_rig.softphone_client import Softphone
-from tests.support.rest import api
+from tests.support.rest import accepted_chat, api
 from tests.support.ucgate_process import Account, UcgateProcess
 
 pytestmark = pytest.mark.interop
@@ -73,31 +71,9 @@ def phones(node: UcgateProcess) -> Iterator[tuple[Softphone, Softphone, Softphon
 
 async def chat_with(node: UcgateProcess, agent: str) -> dict:
     """A chat session routed to and accepted by ``agent``; returns the session."""
-    url = f"http://127.0.0.1:{node.http_port}/v1/events"
-    headers = {"Authorization": f"Bearer {node.api_key}"}
-    async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
-        status, session = await api(
-            node,
-            "POST",
-            "/v1/sessions",
-            {
-                "customer": {"id": "c-7", "phone": "+15557654321"},
-                "media": "chat",
-                "queue": "support",
-            },
-        )
-        assert status == 201, session
-        while (msg := json.loads((await ws.receive(timeout=15)).data))["type"] != "offer_made":
-            pass
-        assert msg["agent"] == agent, msg
-        status, body = await api(
-            node,
-            "POST",
-            f"/v1/sessions/{session['id']}/channels/{msg['channel_id']}/accept",
-            {"agent": agent},
-        )
-        assert status == 200, body
-        return session
+    session, offer = await accepted_chat(node, {"id": "c-7", "phone": "+15557654321"})
+    assert offer["agent"] == agent, offer
+    return session
 
 
 def test_caller_with_the_session_pin_reaches_the_agent_of_the_chat(
