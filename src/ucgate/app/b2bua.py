@@ -1428,13 +1428,7 @@ class CallManager:
                 continue
             with contextlib.suppress(RemoteProtocolError):
                 sdp = parse_sdp(sdp).with_direction("sendrecv").bump_version().to_bytes()
-            try:
-                reinvite = party.session.create_request(
-                    "INVITE", body=sdp, content_type="application/sdp", now=self.now()
-                )
-                self._send_in_dialog(call, party, reinvite)
-            except LocalProtocolError as exc:
-                log.warning("call.transfer_reinvite_failed", why=str(exc))
+            self._reinvite_leg(call, party, sdp, None)
         self._notify_refer(call, transfer, "SIP/2.0 200 OK", final=True)
         self._bye(call, leg)
         log.info("call.transferred", target=transfer.target, mode="attended", merged=call2.id)
@@ -1867,25 +1861,25 @@ class CallManager:
             if leg.last_sdp is not None and call.a.media is not None:
                 self._spawn(self._reinvite_agent_anchored(call, leg.last_sdp, call.a.media))
             elif leg.last_sdp is not None:
-                self._reinvite_agent(call, leg.last_sdp, None)
+                # RFC 3725: the agent's device gets the customer's media description.
+                self._reinvite_leg(call, call.a, leg.last_sdp, None)
             if origin.done is not None and not origin.done.done():
                 origin.done.set_result(call.id)
             log.info("call.connected")
         else:
             self._bye(call, leg)  # a late second answer
 
-    def _reinvite_agent(self, call: Call, sdp: bytes, media: MediaKey | None) -> None:
-        """RFC 3725: the agent's device gets the customer's media description."""
-        self._reinvite_leg(call, call.a, sdp, media)
-
     def _reinvite_leg(self, call: Call, leg: Leg, sdp: bytes, media: MediaKey | None) -> None:
+        """Offer ``sdp`` to ``leg`` in a re-INVITE (RFC 3264 §8): a transfer or RFC 3725
+        third-party control pointing its media elsewhere. With ``media``, the answer is
+        handed to that anchored session."""
         try:
             reinvite = leg.session.create_request(
                 "INVITE", body=sdp, content_type="application/sdp", now=self.now()
             )
             key = self._send_in_dialog(call, leg, reinvite)
         except LocalProtocolError as exc:
-            log.warning("call.originate_reinvite_failed", why=str(exc))
+            log.warning("call.reinvite_failed", leg=leg.name, why=str(exc))
             return
         if media is not None:
             self._media_answers[key] = media
@@ -1899,7 +1893,7 @@ class CallManager:
                 log.warning("call.media_failed", status=exc.status, reason=exc.reason)
                 self._hangup(call, EndReason.FAILED)
                 return
-            self._reinvite_agent(call, offer, key)
+            self._reinvite_leg(call, call.a, offer, key)
 
     async def _call_customer_anchored(
         self, call: Call, origin: Origination, agent_leg: Leg, key: MediaKey
